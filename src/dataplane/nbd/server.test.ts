@@ -1,0 +1,407 @@
+import * as assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { describe, test } from 'node:test';
+import type { BlockBackend } from './backend.js';
+import { NbdClient } from './client.js';
+import type { NbdConnectOptions } from './client.js';
+import { NbdError, NbdOptionError } from './errors.js';
+import { MemoryBackend } from './memory-backend.js';
+import * as P from './protocol.js';
+import { NbdServer } from './server.js';
+import type { NbdServerOptions } from './server.js';
+
+const MiB = 1024 * 1024;
+
+type TestContext = { after: (fn: () => Promise<void> | void) => void };
+
+async function serve(
+  t: TestContext,
+  options: Partial<NbdServerOptions> = {},
+): Promise<{ server: NbdServer; port: number; disk: MemoryBackend; opts: NbdConnectOptions }> {
+  const disk = new MemoryBackend(64 * MiB);
+  const server = new NbdServer({ exports: [{ name: 'disk', backend: disk }], ...options });
+  const addr = await server.listen({ host: '127.0.0.1', port: 0 });
+  assert.ok(typeof addr !== 'string');
+  t.after(() => server.close());
+  return { server, port: addr.port, disk, opts: { port: addr.port, exportName: 'disk' } };
+}
+
+async function connect(t: TestContext, opts: NbdConnectOptions): Promise<NbdClient> {
+  const c = await NbdClient.connect(opts);
+  t.after(() => c.destroy());
+  return c;
+}
+
+function isErrno(errno: number) {
+  return (e: unknown): boolean => e instanceof NbdError && e.errno === errno;
+}
+
+/** A raw socket past the handshake greeting, for requests our client would never send. */
+class RawPeer {
+  private buf = Buffer.alloc(0);
+  private waiters: Array<() => void> = [];
+  closed = false;
+  constructor(readonly socket: net.Socket) {
+    socket.on('data', (d: Buffer) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      this.waiters.splice(0).forEach((w) => w());
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.waiters.splice(0).forEach((w) => w());
+    });
+    socket.on('error', () => undefined);
+  }
+  static async open(port: number): Promise<RawPeer> {
+    const s = net.connect({ port, host: '127.0.0.1' });
+    await new Promise((r) => s.once('connect', r));
+    const p = new RawPeer(s);
+    await p.read(18);
+    return p;
+  }
+  async read(n: number, timeoutMs = 5000): Promise<Buffer> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.buf.length < n) {
+      if (this.closed) throw new Error('closed');
+      if (Date.now() > deadline) throw new Error('timeout');
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+    const out = this.buf.subarray(0, n);
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+  async waitClosed(timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.closed) {
+      if (Date.now() > deadline) throw new Error('server did not close the connection');
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+  }
+  write(b: Buffer): void {
+    this.socket.write(b);
+  }
+  /** Sends client flags and GO for `name`, consumes replies up to the ACK. */
+  async go(name: string, structured = false): Promise<void> {
+    const f = Buffer.alloc(4);
+    f.writeUInt32BE(P.NBD_FLAG_C_FIXED_NEWSTYLE | P.NBD_FLAG_C_NO_ZEROES, 0);
+    this.write(f);
+    if (structured) {
+      this.write(P.encodeOption(P.NBD_OPT_STRUCTURED_REPLY));
+      await this.optionReply();
+    }
+    const n = Buffer.from(name);
+    const d = Buffer.alloc(6 + n.length);
+    d.writeUInt32BE(n.length, 0);
+    n.copy(d, 4);
+    this.write(P.encodeOption(P.NBD_OPT_GO, d));
+    for (;;) if ((await this.optionReply()).type === P.NBD_REP_ACK) break;
+  }
+  async optionReply(): Promise<{ option: number; type: number; data: Buffer }> {
+    const h = await this.read(20);
+    assert.equal(h.readBigUInt64BE(0), P.NBD_OPT_REPLY_MAGIC);
+    const len = h.readUInt32BE(16);
+    return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data: await this.read(len) };
+  }
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+function makeCert(dir: string): { cert: Buffer; key: Buffer } {
+  const certPath = path.join(dir, 'cert.pem');
+  const keyPath = path.join(dir, 'key.pem');
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      '-days',
+      '2',
+      '-keyout',
+      keyPath,
+      '-out',
+      certPath,
+    ],
+    { stdio: 'ignore' },
+  );
+  return { cert: fs.readFileSync(certPath), key: fs.readFileSync(keyPath) };
+}
+
+describe('NbdServer with NbdClient', () => {
+  test('negotiates, lists and describes exports, and the empty name opens the first export', async (t) => {
+    const a = new MemoryBackend(MiB);
+    const b = new MemoryBackend(2 * MiB, { readOnly: true });
+    const server = new NbdServer({
+      exports: [
+        { name: 'a', backend: a, description: 'disk A' },
+        { name: 'b', backend: b },
+      ],
+    });
+    const addr = await server.listen({ port: 0 });
+    assert.ok(typeof addr !== 'string');
+    t.after(() => server.close());
+    assert.deepEqual(await NbdClient.list({ port: addr.port }), [
+      { name: 'a', description: 'disk A' },
+      { name: 'b', description: '' },
+    ]);
+    const info = await NbdClient.info({ port: addr.port, exportName: 'b' });
+    assert.equal(info.size, 2 * MiB);
+    assert.ok(info.flags & P.NBD_FLAG_READ_ONLY);
+    assert.deepEqual(info.blockSize, { minimum: 1, preferred: 4096, maximum: 32 * MiB });
+    await assert.rejects(
+      NbdClient.info({ port: addr.port, exportName: 'nope' }),
+      (e: unknown) => e instanceof NbdOptionError && e.replyType === P.NBD_REP_ERR_UNKNOWN,
+    );
+    const c = await connect(t, { port: addr.port });
+    assert.equal(c.info.name, 'a');
+    assert.equal(c.size, MiB);
+    assert.ok(c.structured);
+    assert.equal(c.metaContexts.get('base:allocation'), 1);
+    const f = c.info.flags;
+    for (const flag of [
+      P.NBD_FLAG_SEND_FLUSH,
+      P.NBD_FLAG_SEND_FUA,
+      P.NBD_FLAG_SEND_TRIM,
+      P.NBD_FLAG_CAN_MULTI_CONN,
+    ]) {
+      assert.ok(f & flag);
+    }
+    await c.disconnect();
+  });
+
+  test('read, write, flush, trim, zero and block status round-trip with structured and simple replies', async (t) => {
+    const { opts } = await serve(t);
+    for (const structured of [true, false]) {
+      const c = await connect(t, { ...opts, structuredReplies: structured });
+      assert.equal(c.structured, structured);
+      const data = crypto.randomBytes(3 * MiB + 17);
+      await c.write(MiB - 5, data, { fua: true });
+      assert.deepEqual(await c.read(MiB - 5, data.length), data);
+      await c.flush();
+      await c.writeZeroes(MiB, 64 * 1024);
+      const back = await c.read(MiB - 5, 70000);
+      assert.deepEqual(back.subarray(0, 5), data.subarray(0, 5));
+      assert.ok(back.subarray(5, 5 + 65536).every((x) => x === 0));
+      await c.trim(0, 64 * MiB);
+      assert.ok((await c.read(10 * MiB, 4096)).every((x) => x === 0));
+      assert.equal((await c.read(0, 0)).length, 0);
+      await c.cache(0, 4096);
+      if (structured) {
+        await c.write(8 * MiB, Buffer.alloc(4096, 1));
+        const ext = await c.blockStatus(0, 16 * MiB);
+        assert.deepEqual(
+          ext.map((e) => [e.length, e.flags]),
+          [
+            [8 * MiB, 3],
+            [64 * 1024, 0],
+            [8 * MiB - 64 * 1024, 3],
+          ],
+        );
+        const one = await c.blockStatus(8 * MiB + 100, 4 * MiB, { reqOne: true });
+        assert.deepEqual(one.length, 1);
+        assert.equal(one[0]!.flags, 0);
+        assert.deepEqual(await c.read(8 * MiB, 10, { df: true }), Buffer.alloc(10, 1));
+      }
+      await c.disconnect();
+    }
+  });
+
+  test('range, size and permission errors get the NBD error the spec names; the connection stays usable', async (t) => {
+    const disk = new MemoryBackend(MiB);
+    const server = new NbdServer({
+      exports: [
+        { name: 'rw', backend: disk },
+        { name: 'ro', backend: disk, readOnly: true },
+      ],
+    });
+    const addr = await server.listen({ port: 0 });
+    assert.ok(typeof addr !== 'string');
+    t.after(() => server.close());
+    const c = await connect(t, { port: addr.port, exportName: 'rw' });
+    await assert.rejects(c.read(MiB - 1, 2), isErrno(P.NbdErrno.EINVAL));
+    await assert.rejects(c.write(MiB, Buffer.alloc(1)), isErrno(P.NbdErrno.ENOSPC));
+    await assert.rejects(c.writeZeroes(MiB - 1, 2), isErrno(P.NbdErrno.ENOSPC));
+    await assert.rejects(c.trim(2 ** 52, 1), isErrno(P.NbdErrno.ENOSPC));
+    await assert.rejects(c.read(0, 33 * MiB), isErrno(P.NbdErrno.EINVAL));
+    await assert.rejects(c.blockStatus(0, 0), isErrno(P.NbdErrno.EINVAL));
+    await assert.rejects(c.blockStatus(MiB, 1), isErrno(P.NbdErrno.EINVAL));
+    await c.write(0, Buffer.from('still fine'));
+    assert.equal((await c.read(0, 10)).toString(), 'still fine');
+    const simple = await connect(t, { port: addr.port, exportName: 'rw', structuredReplies: false });
+    await assert.rejects(simple.read(MiB - 1, 2), isErrno(P.NbdErrno.EINVAL));
+    await assert.rejects(simple.blockStatus(0, 10), /not negotiated/);
+
+    const ro = await connect(t, { port: addr.port, exportName: 'ro' });
+    assert.ok(ro.info.flags & P.NBD_FLAG_READ_ONLY);
+    await assert.rejects(ro.write(0, Buffer.alloc(1)), isErrno(P.NbdErrno.EPERM));
+    await assert.rejects(ro.writeZeroes(0, 1), isErrno(P.NbdErrno.EPERM));
+    await assert.rejects(ro.trim(0, 1), isErrno(P.NbdErrno.EPERM));
+    assert.equal((await ro.read(0, 10)).toString(), 'still fine');
+  });
+
+  test('many clients with many requests in flight each see their own data', async (t) => {
+    const { opts } = await serve(t, { maxInFlight: 8 });
+    const clients = await Promise.all(Array.from({ length: 6 }, () => connect(t, opts)));
+    await Promise.all(
+      clients.map(async (c, ci) => {
+        const jobs = Array.from({ length: 200 }, async (_, i) => {
+          const off = (ci * 200 + i) * 8192;
+          const data = Buffer.alloc(8192, (ci * 31 + i) & 0xff);
+          await c.write(off, data);
+          assert.deepEqual(await c.read(off, 8192), data);
+        });
+        await Promise.all(jobs);
+      }),
+    );
+    await Promise.all(clients.map((c) => c.disconnect()));
+  });
+
+  test('oversize writes, bad magic and unknown commands affect only the offending connection', async (t) => {
+    const { opts, port } = await serve(t);
+    const good = await connect(t, opts);
+
+    const bigWrite = await RawPeer.open(port);
+    await bigWrite.go('disk');
+    bigWrite.write(P.encodeRequest(P.NBD_CMD_WRITE, 0, 1n, 0, 33 * MiB));
+    await bigWrite.waitClosed();
+
+    const badMagic = await RawPeer.open(port);
+    await badMagic.go('disk');
+    const req = P.encodeRequest(P.NBD_CMD_READ, 0, 1n, 0, 1);
+    req.writeUInt32BE(0xdeadbeef, 0);
+    badMagic.write(req);
+    await badMagic.waitClosed();
+
+    const unknown = await RawPeer.open(port);
+    await unknown.go('disk');
+    unknown.write(P.encodeRequest(99, 0, 7n, 0, 0));
+    unknown.write(P.encodeRequest(P.NBD_CMD_READ, 1 << 9, 8n, 0, 1));
+    unknown.write(P.encodeRequest(P.NBD_CMD_FLUSH, 0, 9n, 1, 0));
+    for (const cookie of [7n, 8n, 9n]) {
+      const r = await unknown.read(16);
+      assert.equal(r.readUInt32BE(0), P.NBD_SIMPLE_REPLY_MAGIC);
+      assert.equal(r.readUInt32BE(4), P.NbdErrno.EINVAL);
+      assert.equal(r.readBigUInt64BE(8), cookie);
+    }
+    unknown.destroy();
+
+    await good.write(0, Buffer.from('ok'));
+    assert.equal((await good.read(0, 2)).toString(), 'ok');
+  });
+
+  test('EXPORT_NAME works for old clients, and unknown options get ERR_UNSUP without ending the handshake', async (t) => {
+    const { port, disk } = await serve(t);
+    await disk.write(0, Buffer.from('hello'));
+    const p = await RawPeer.open(port);
+    t.after(() => p.destroy());
+    const f = Buffer.alloc(4);
+    f.writeUInt32BE(P.NBD_FLAG_C_FIXED_NEWSTYLE, 0);
+    p.write(f);
+    p.write(P.encodeOption(4242, Buffer.from('whatever')));
+    const r = await p.optionReply();
+    assert.equal(r.option, 4242);
+    assert.equal(r.type, P.NBD_REP_ERR_UNSUP);
+    p.write(P.encodeOption(P.NBD_OPT_EXPORT_NAME, Buffer.from('disk')));
+    const reply = await p.read(134);
+    assert.equal(P.readU64(reply, 0), 64 * MiB);
+    assert.ok(
+      reply.subarray(10).every((x) => x === 0),
+      'zero padding without NO_ZEROES',
+    );
+    p.write(P.encodeRequest(P.NBD_CMD_READ, 0, 5n, 0, 5));
+    const h = await p.read(16);
+    assert.equal(h.readUInt32BE(4), 0);
+    assert.equal((await p.read(5)).toString(), 'hello');
+  });
+
+  test('a client that stops reading replies makes the server stop reading requests (bounded memory)', async (t) => {
+    const { port, server } = await serve(t, { maxInFlightBytes: 4 * MiB });
+    const p = await RawPeer.open(port);
+    await p.go('disk');
+    p.socket.pause();
+    // 400 × 1 MiB reads = 400 MiB of replies if the server kept going.
+    for (let i = 0; i < 400; i++) p.write(P.encodeRequest(P.NBD_CMD_READ, 0, BigInt(i), 0, MiB));
+    const before = process.memoryUsage().arrayBuffers;
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(
+      process.memoryUsage().arrayBuffers - before < 64 * MiB,
+      'server buffered far more than its cap',
+    );
+    assert.equal(server.connectionCount, 1);
+    p.destroy();
+  });
+
+  test('graceful close drains in-flight requests and answers late ones with ESHUTDOWN', async (t) => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const inner = new MemoryBackend(MiB);
+    const slow: BlockBackend = Object.assign(Object.create(inner) as MemoryBackend, {
+      write: async (o: number, d: Buffer) => {
+        await gate;
+        return inner.write(o, d);
+      },
+    });
+    const server = new NbdServer({ exports: [{ name: '', backend: slow }] });
+    const addr = await server.listen({ port: 0 });
+    assert.ok(typeof addr !== 'string');
+    const c = await connect(t, { port: addr.port });
+    const inFlight = c.write(0, Buffer.from('drained'));
+    await new Promise((r) => setTimeout(r, 50));
+    const closing = server.close();
+    const late = c.read(0, 7);
+    await assert.rejects(late, isErrno(P.NbdErrno.ESHUTDOWN));
+    release();
+    await inFlight;
+    await closing;
+    assert.equal((await inner.read(0, 7)).toString(), 'drained');
+    await assert.rejects(NbdClient.connect({ port: addr.port, timeoutMs: 2000 }));
+  });
+
+  test('STARTTLS: encrypted sessions, certificate pinning, and required TLS refuses plaintext', async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-nbd-tls-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const { cert, key } = makeCert(dir);
+    const { opts } = await serve(t, { tls: { cert, key, required: true } });
+
+    await assert.rejects(
+      NbdClient.connect(opts),
+      (e: unknown) => e instanceof NbdOptionError && e.replyType === P.NBD_REP_ERR_TLS_REQD,
+    );
+    const c = await connect(t, { ...opts, tls: { ca: cert, servername: 'localhost' } });
+    await c.write(0, Buffer.from('secret'));
+    assert.equal((await c.read(0, 6)).toString(), 'secret');
+    assert.equal(c.metaContexts.size, 1);
+    await c.disconnect();
+
+    const fp = new crypto.X509Certificate(cert).fingerprint256;
+    const pinned = await connect(t, { ...opts, tls: { rejectUnauthorized: false, fingerprint256: fp } });
+    assert.equal((await pinned.read(0, 6)).toString(), 'secret');
+    await pinned.disconnect();
+    await assert.rejects(
+      NbdClient.connect({ ...opts, tls: { rejectUnauthorized: false, fingerprint256: 'AA:BB' } }),
+      /fingerprint/,
+    );
+    await assert.rejects(NbdClient.connect({ ...opts, tls: true }), /self-signed|certificate/);
+    assert.equal((await NbdClient.list({ ...opts, tls: { ca: cert, servername: 'localhost' } })).length, 1);
+  });
+});
