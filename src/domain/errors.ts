@@ -14,6 +14,7 @@ export type ErrorKind =
   | 'conflict' // 409: not allowed in the current state
   | 'too-large' // 413
   | 'unavailable' // 503: a dependency (agent, site) cannot be reached now
+  | 'not-implemented' // 501: the operation exists in the model but not in this version
   | 'failed'; // 500: the operation ran and failed
 
 export interface CatalogEntry {
@@ -150,6 +151,11 @@ export const ERROR_CATALOG = {
     possibleCauses: 'The datastore is not accessible from the host.',
     recommendedAction: 'Choose a datastore the host can reach, or give the host access to it, then retry.',
   },
+  OPERATION_UNAVAILABLE: {
+    kind: 'not-implemented',
+    possibleCauses: 'This version of the product does not carry out the operation yet.',
+    recommendedAction: 'Upgrade to a version that supports the operation.',
+  },
   PAYLOAD_TOO_LARGE: {
     kind: 'too-large',
     possibleCauses: 'The request body is larger than the server accepts.',
@@ -222,6 +228,8 @@ export function httpStatusOf(code: ErrorCode): number {
       return 503;
     case 'failed':
       return 500;
+    case 'not-implemented':
+      return 501;
   }
 }
 

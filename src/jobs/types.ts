@@ -64,6 +64,8 @@ export interface JobDefinition<I = unknown> {
 
 /** Submitting a job. */
 export interface SubmitJob<I = unknown> {
+  /** Optional id chosen by the caller (e.g. recorded on the target before submitting). */
+  id?: string;
   type: string;
   vaultId: string;
   targetKind: string;

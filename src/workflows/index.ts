@@ -1,0 +1,438 @@
+/**
+ * The operations of the product as durable jobs (DESIGN §4): what the API and CLI call
+ * to protect a machine, operate on a protected item, and take in agents' reports.
+ * Decisions come from src/domain; every effect on a site goes through an agent command.
+ */
+import { randomUUID } from 'node:crypto';
+import type {
+  FailoverSettings,
+  Job,
+  Machine,
+  Operation,
+  ProtectedItem,
+  RecoveryPoint,
+} from '../domain/model.js';
+import { OsrError, notFound } from '../domain/errors.js';
+import { allowedOperations, assertAllowed } from '../domain/lifecycle.js';
+import type { LifecycleContext } from '../domain/lifecycle.js';
+import { validateName } from '../domain/names.js';
+import { resolveTargetNetwork } from '../domain/network.js';
+import { replicationHealth } from '../domain/health.js';
+import type { Store } from '../store/store.js';
+import type { JobEngine } from '../jobs/engine.js';
+import type { Clock } from '../jobs/types.js';
+import { systemClock } from '../jobs/types.js';
+import { AgentCommands, isAgentConnected } from './agent-commands.js';
+import type { WorkflowDeps } from './deps.js';
+import { abortableSleep } from './deps.js';
+import { ENABLE_PROTECTION, REPAIR_REPLICATION, enableProtectionJobs } from './enable-protection.js';
+import type { EnableProtectionInput } from './enable-protection.js';
+import { DISABLE_PROTECTION, disableProtectionJob } from './disable-protection.js';
+import type { DisableProtectionInput } from './disable-protection.js';
+import { startItemJob } from './item-jobs.js';
+import { applyReplicationStatus } from './replication-status.js';
+import type { ReplicationStats, ReplicationStatusReport } from './replication-status.js';
+
+export type { ReplicationStatusReport, ItemStatusReport, ReplicationStats } from './replication-status.js';
+
+export interface WorkflowsOptions {
+  store: Store;
+  engine: JobEngine;
+  clock?: Clock;
+  /** An agent silent for longer counts as disconnected (default 60 s). */
+  heartbeatTimeoutMs?: number;
+  /** Called after a command is enqueued for an agent (wakes its long-poll). */
+  onCommandEnqueued?: (agentId: string) => void;
+  /** How often steps waiting on agent reports re-read the store (default 250 ms). */
+  pollMs?: number;
+}
+
+/** Enable protection of a machine (R-REP-1). */
+export interface ProtectRequest {
+  machine: string;
+  policy: string;
+  targetSite: string;
+  targetContainer?: string;
+  name?: string;
+  settings?: Partial<FailoverSettings>;
+  /** R-REP-4: a replica of this machine already exists at the target (no new full copy). */
+  replicaExists?: boolean;
+}
+
+/** Parameters of item operations; each operation reads the ones it needs. */
+export interface OperationParams {
+  point?: string;
+  network?: string;
+  shutdownSource?: boolean;
+  notes?: string;
+  force?: boolean;
+  location?: 'original' | 'alternate';
+  host?: string;
+  datastore?: string;
+  policy?: string;
+  deleteReplica?: boolean;
+  preview?: boolean;
+}
+
+/** A protected item as operators see it (DESIGN §5 `osr item show`). */
+export interface ItemView extends ProtectedItem {
+  allowedOperations: Operation[];
+  latestPoints: { latest: RecoveryPoint | null; latestAppConsistent: RecoveryPoint | null };
+  pointCount: number;
+  /** Lag, backlog, throughput and compression from the last agent report, if any since start. */
+  replicationStats: ReplicationStats | null;
+  /** The machine's disks at the active site, each with its NBD address. */
+  disks: Machine['disks'];
+  machine: { id: string; name: string; siteId: string; powerState: Machine['powerState'] } | null;
+}
+
+export interface Workflows {
+  /** Registers every job type with the engine. Call once before `engine.start()`. */
+  register(): void;
+  protect(vaultId: string, req: ProtectRequest): Promise<{ job: Job; item: ProtectedItem }>;
+  /** Starts an operation on an item; refused with OPERATION_NOT_ALLOWED (409) before anything changes. */
+  operate(vaultId: string, item: string, op: Operation, params: OperationParams): Promise<Job>;
+  updateSettings(vaultId: string, item: string, settings: Partial<FailoverSettings>): Promise<ProtectedItem>;
+  describeItem(vaultId: string, item: string): Promise<ItemView>;
+  /** Cancels a job; an unplanned failover needs `force` (FORCE_REQUIRED otherwise, R-FO-5). */
+  cancelJob(jobId: string, force: boolean): Promise<Job>;
+  /** Takes in an agent's replication status report (health, progress, recovery points). */
+  onReplicationStatus(agentId: string, report: ReplicationStatusReport): Promise<void>;
+}
+
+/** Operation → the job type that carries it out, for the operations of this slice. */
+const JOB_TYPE_OF: Partial<Record<Operation, string>> = {
+  DisableProtection: DISABLE_PROTECTION,
+  RepairReplication: REPAIR_REPLICATION,
+};
+
+/** Creates the workflows over a store and a jobs engine. */
+export function createWorkflows(options: WorkflowsOptions): Workflows {
+  const clock = options.clock ?? systemClock;
+  const heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? 60_000;
+  const { store, engine } = options;
+  const stats = new Map<string, ReplicationStats>();
+  const deps: WorkflowDeps = {
+    store,
+    engine,
+    clock,
+    pollMs: options.pollMs ?? 250,
+    sleep: abortableSleep,
+    commands: new AgentCommands({
+      store,
+      clock,
+      heartbeatTimeoutMs,
+      ...(options.onCommandEnqueued === undefined ? {} : { onCommandEnqueued: options.onCommandEnqueued }),
+    }),
+  };
+
+  async function lifecycleContext(item: ProtectedItem): Promise<LifecycleContext> {
+    const now = clock.now();
+    const connected = async (siteId: string): Promise<boolean> => {
+      const agent = await store.agents.findBySite(siteId);
+      return agent !== undefined && isAgentConnected(agent, now, heartbeatTimeoutMs);
+    };
+    return { agentsConnected: (await connected(item.sourceSiteId)) && (await connected(item.targetSiteId)) };
+  }
+
+  async function activeMachine(item: ProtectedItem): Promise<Machine | undefined> {
+    const id =
+      item.activeLocation === 'recovery' && item.lastFailover?.targetMachineId != null
+        ? item.lastFailover.targetMachineId
+        : item.machineId;
+    return store.machines.getById(id).catch((err: unknown) => {
+      if (err instanceof OsrError && err.code === 'NOT_FOUND') return undefined;
+      throw err;
+    });
+  }
+
+  return {
+    register() {
+      for (const def of enableProtectionJobs(deps)) engine.register(def);
+      engine.register(disableProtectionJob(deps));
+    },
+
+    async protect(vaultId, req) {
+      const machine = await store.machines.findInVault(vaultId, req.machine);
+      if (machine === undefined) throw notFound('machine', req.machine);
+      const existing = await store.items.findByMachine(machine.id);
+      if (existing !== undefined) {
+        throw new OsrError(
+          'ALREADY_EXISTS',
+          `machine '${machine.name}' is already protected by item '${existing.name}'`,
+          {
+            details: { machine: machine.name, item: existing.name, itemId: existing.id },
+          },
+        );
+      }
+      const policy = await store.policies.get(vaultId, req.policy);
+      const sourceSite = await store.sites.getById(machine.siteId);
+      const targetSite = await store.sites.get(vaultId, req.targetSite);
+      const sourceContainer =
+        machine.containerId !== null
+          ? await store.containers.getById(machine.containerId)
+          : (await store.containers.listBySite(sourceSite.id))[0];
+      if (sourceContainer === undefined) {
+        throw new OsrError(
+          'VALIDATION_FAILED',
+          `site '${sourceSite.name}' has no container for machine '${machine.name}'`,
+          {
+            details: { field: 'machine', site: sourceSite.name },
+          },
+        );
+      }
+      const targetContainer = await chooseTargetContainer(
+        store,
+        vaultId,
+        policy.id,
+        sourceContainer.id,
+        targetSite.id,
+        req.targetContainer,
+      );
+      if (targetContainer.id === sourceContainer.id) {
+        throw new OsrError(
+          'VALIDATION_FAILED',
+          'the target container must differ from the source container',
+          {
+            details: { field: 'targetContainer', container: targetContainer.name },
+          },
+        );
+      }
+      const name = validateName('item', req.name ?? machine.name);
+      const settings: FailoverSettings = {
+        targetName: req.settings?.targetName ?? null,
+        cpus: req.settings?.cpus ?? null,
+        memoryMb: req.settings?.memoryMb ?? null,
+        network: req.settings?.network ?? null,
+        subnet: req.settings?.subnet ?? null,
+        ip: req.settings?.ip ?? null,
+        disks: req.settings?.disks ?? [],
+      };
+      await validateSettings(store, vaultId, machine, targetSite.id, settings);
+      const jobId = randomUUID();
+      const item = await store.items.create({
+        vaultId,
+        name,
+        machineId: machine.id,
+        policyId: policy.id,
+        sourceSiteId: sourceSite.id,
+        targetSiteId: targetSite.id,
+        sourceContainerId: sourceContainer.id,
+        targetContainerId: targetContainer.id,
+        primarySiteId: sourceSite.id,
+        protectionState: 'EnablingProtection',
+        testFailoverState: 'None',
+        activeLocation: 'primary',
+        reversed: false,
+        replicationHealth: 'Normal',
+        healthReason: null,
+        rpoSeconds: null,
+        initialReplicationProgress: 0,
+        resyncRequired: false,
+        replicationGroupId: null,
+        failoverSettings: settings,
+        lastFailover: null,
+        currentJobId: jobId,
+      });
+      const input: EnableProtectionInput = {
+        itemId: item.id,
+        replicaExists: req.replicaExists ?? false,
+        resync: false,
+      };
+      try {
+        const job = await engine.submit({
+          id: jobId,
+          type: ENABLE_PROTECTION,
+          vaultId,
+          targetKind: 'protectedItem',
+          targetId: item.id,
+          targetName: item.name,
+          input,
+        });
+        return { job, item };
+      } catch (err) {
+        await store.items.delete(item.id);
+        throw err;
+      }
+    },
+
+    async operate(vaultId, itemKey, op, params) {
+      const item = await store.items.get(vaultId, itemKey);
+      const context = await lifecycleContext(item);
+      const jobType = JOB_TYPE_OF[op];
+      if (jobType === undefined) {
+        // Refuse what is not allowed now before saying what is not available yet.
+        assertAllowed(item, op, context);
+        throw new OsrError('OPERATION_UNAVAILABLE', `operation ${op} is not available in this version`, {
+          details: { operation: op },
+        });
+      }
+      if (op === 'DisableProtection') {
+        const policy = await store.policies.get(vaultId, item.policyId);
+        const input: DisableProtectionInput = {
+          itemId: item.id,
+          deleteReplica: params.deleteReplica ?? policy.deleteReplicaOnDisable,
+          force: params.force ?? false,
+          previousState: item.protectionState,
+        };
+        return startItemJob({
+          store,
+          engine,
+          item,
+          operation: op,
+          context,
+          jobType,
+          input,
+        });
+      }
+      const input: EnableProtectionInput = { itemId: item.id, replicaExists: false, resync: true };
+      return startItemJob({
+        store,
+        engine,
+        item,
+        operation: op,
+        context,
+        jobType,
+        input,
+        patch: { initialReplicationProgress: 0, resyncRequired: true },
+      });
+    },
+
+    async updateSettings(vaultId, itemKey, patch) {
+      const item = await store.items.get(vaultId, itemKey);
+      const machine = await store.machines.getById(item.machineId);
+      const settings: FailoverSettings = { ...item.failoverSettings, ...patch };
+      await validateSettings(store, vaultId, machine, item.targetSiteId, settings);
+      return store.items.update(item.id, { failoverSettings: settings }, { expectVersion: item.version });
+    },
+
+    async describeItem(vaultId, itemKey) {
+      const item = await store.items.get(vaultId, itemKey);
+      const context = await lifecycleContext(item);
+      const [points, app] = await Promise.all([
+        store.points.list(item.id, { limit: 1 }),
+        store.points.list(item.id, { limit: 1, type: 'app-consistent' }),
+      ]);
+      const latest = points.items[0] ?? null;
+      const now = clock.now();
+      const rpoSeconds =
+        latest === null ? null : Math.max(0, Math.round((now.getTime() - Date.parse(latest.time)) / 1000));
+      const policy = await store.policies.get(vaultId, item.policyId);
+      const health = trackingReplication(item)
+        ? replicationHealth({
+            rpoSeconds,
+            copyFrequencySeconds: policy.copyFrequencySeconds,
+            resyncRequired: item.resyncRequired,
+            lastStatusAt: item.updatedAt,
+            now,
+            agentConnected: context.agentsConnected ?? false,
+          })
+        : { health: item.replicationHealth, reason: item.healthReason };
+      const machine = await activeMachine(item);
+      return {
+        ...item,
+        rpoSeconds,
+        replicationHealth: item.protectionState === 'NeedsRepair' ? 'Critical' : health.health,
+        healthReason: item.protectionState === 'NeedsRepair' ? item.healthReason : health.reason,
+        allowedOperations: allowedOperations(item, context),
+        latestPoints: { latest, latestAppConsistent: app.items[0] ?? null },
+        pointCount: points.total,
+        replicationStats: stats.get(item.id) ?? null,
+        disks: machine?.disks ?? [],
+        machine:
+          machine === undefined
+            ? null
+            : { id: machine.id, name: machine.name, siteId: machine.siteId, powerState: machine.powerState },
+      };
+    },
+
+    async cancelJob(jobId, force) {
+      const job = await store.jobs.get(jobId);
+      if (
+        job.type === 'UnplannedFailover' &&
+        !force &&
+        (job.state === 'InProgress' || job.state === 'NotStarted')
+      ) {
+        throw new OsrError(
+          'FORCE_REQUIRED',
+          'cancelling a running unplanned failover stops it, and the item will no longer replicate until it is repaired',
+          { details: { jobId, type: job.type } },
+        );
+      }
+      return engine.cancel(jobId, { force });
+    },
+
+    async onReplicationStatus(agentId, report) {
+      await applyReplicationStatus(store, clock, agentId, report, stats);
+    },
+  };
+}
+
+/** Replication health is tracked while the item replicates (not while failed over). */
+function trackingReplication(item: ProtectedItem): boolean {
+  return item.protectionState === 'Protected' || item.protectionState === 'InitialReplication';
+}
+
+async function chooseTargetContainer(
+  store: Store,
+  vaultId: string,
+  policyId: string,
+  sourceContainerId: string,
+  targetSiteId: string,
+  requested: string | undefined,
+) {
+  if (requested !== undefined) {
+    const c = await store.containers.find(targetSiteId, requested);
+    if (c === undefined) throw notFound('container', requested);
+    return c;
+  }
+  const associations = await store.associations.list(vaultId, { policyId, sourceContainerId });
+  for (const a of associations) {
+    const c = await store.containers.getById(a.targetContainerId);
+    if (c.siteId === targetSiteId) return c;
+  }
+  const first = (await store.containers.listBySite(targetSiteId)).find((c) => c.id !== sourceContainerId);
+  if (first === undefined) {
+    throw new OsrError('VALIDATION_FAILED', 'the target site has no container to replicate into', {
+      details: { field: 'targetContainer' },
+    });
+  }
+  return first;
+}
+
+/** Checks per-item failover settings against the target site's networks (R-NET-5). */
+async function validateSettings(
+  store: Store,
+  vaultId: string,
+  machine: Machine,
+  targetSiteId: string,
+  settings: FailoverSettings,
+): Promise<void> {
+  if (settings.targetName !== null) validateName('targetName', settings.targetName);
+  for (const [field, v] of [
+    ['cpus', settings.cpus],
+    ['memoryMb', settings.memoryMb],
+  ] as const) {
+    if (v !== null && (!Number.isInteger(v) || v < 1)) {
+      throw new OsrError('VALIDATION_FAILED', `${field} must be a positive integer`, { details: { field } });
+    }
+  }
+  for (const d of settings.disks) {
+    if (!machine.disks.some((md) => md.id === d.diskId)) {
+      throw new OsrError('VALIDATION_FAILED', `machine '${machine.name}' has no disk '${d.diskId}'`, {
+        details: { field: 'disks', diskId: d.diskId },
+      });
+    }
+  }
+  if (settings.network === null && settings.subnet === null && settings.ip === null) return;
+  const nic = machine.nics[0];
+  const sourceNetwork =
+    nic?.network == null ? undefined : await store.inventory.findNetwork(machine.siteId, nic.network);
+  resolveTargetNetwork({
+    sourceNetwork: sourceNetwork ?? null,
+    sourceSubnet: nic?.subnet ?? null,
+    mappings: await store.networkMappings.list(vaultId),
+    targetNetworks: await store.inventory.networks(targetSiteId),
+    override: { network: settings.network, subnet: settings.subnet, ip: settings.ip },
+  });
+}
