@@ -52,6 +52,12 @@ export interface JobEngineOptions {
   stopTimeoutMs?: number;
   /** Minimum time between two persisted progress reports of a step (100 % is always written). Default 1000 ms. */
   progressEveryMs?: number;
+  /**
+   * A job claimed more often than this (each takeover after a crashed or stalled worker
+   * counts) fails with INTERNAL instead of running again, so a step that crashes the
+   * process cannot loop forever. Default 5.
+   */
+  maxAttempts?: number;
   /** Default: logs nothing. */
   logger?: JobEngineLogger;
 }
@@ -106,6 +112,8 @@ interface RunningJob {
   cancelSeen: boolean;
   lastRenewedMs: number;
   lastProgressMs: number;
+  /** Set after an unexpected failure: the job is retried at the next poll, not at once. */
+  retryLater: boolean;
   done: Promise<void>;
 }
 
@@ -128,6 +136,7 @@ export class JobEngine {
   readonly #reapEveryMs: number;
   readonly #stopTimeoutMs: number;
   readonly #progressEveryMs: number;
+  readonly #maxAttempts: number;
   readonly #log: JobEngineLogger;
 
   readonly #defs = new Map<string, JobDefinition<unknown>>();
@@ -159,6 +168,7 @@ export class JobEngine {
     );
     this.#stopTimeoutMs = options.stopTimeoutMs ?? this.#leaseMs;
     this.#progressEveryMs = options.progressEveryMs ?? 1000;
+    this.#maxAttempts = positive(options.maxAttempts ?? 5, 'maxAttempts');
     this.#log = options.logger ?? noopLogger;
     this.events = new JobEvents((err) => this.#log.error({ err }, 'job event listener threw'));
   }
@@ -205,6 +215,7 @@ export class JobEngine {
     }
     const created = await this.#store.jobs.create(
       {
+        ...(job.id === undefined ? {} : { id: job.id }),
         vaultId: job.vaultId,
         type: job.type,
         displayName: def.displayName,
@@ -431,6 +442,7 @@ export class JobEngine {
       cancelSeen: false,
       lastRenewedMs: claimedMs,
       lastProgressMs: 0,
+      retryLater: false,
       done: Promise.resolve(),
     };
     this.#running.set(job.id, run);
@@ -443,7 +455,7 @@ export class JobEngine {
       .catch((err: unknown) => this.#log.error({ err, jobId: job.id }, 'job runner failed'))
       .finally(() => {
         this.#running.delete(job.id);
-        this.#wake();
+        if (!run.retryLater) this.#wake();
       });
   }
 
@@ -460,6 +472,7 @@ export class JobEngine {
       }
       // A store failure mid-job: hand the job back so it is retried (its steps are idempotent).
       this.#log.error({ err, jobId: run.job.id }, 'job interrupted by an unexpected error; releasing it');
+      run.retryLater = true;
       await this.#releaseQuietly(run);
     }
   }
@@ -472,6 +485,21 @@ export class JobEngine {
     if (failed !== undefined)
       return this.#endFailed(run, undefined, failed.error ?? unknownStepError(failed));
     if (steps.some((s) => s.state === 'Cancelled')) return this.#endCancelled(run, undefined);
+    if (run.job.attempts > this.#maxAttempts) {
+      const current = steps.find((s) => s.state === 'InProgress');
+      const err = new OsrError(
+        'INTERNAL',
+        `job was taken over ${run.job.attempts - 1} times after its worker stopped (crashed or lost its lease); giving up`,
+        {
+          details: { attempts: run.job.attempts, step: current?.name ?? null },
+          possibleCauses:
+            'A step keeps crashing or stalling the control plane, or workers keep losing their leases.',
+          recommendedAction:
+            'Check the server log around the job’s steps, fix the cause, then run the operation again.',
+        },
+      );
+      return this.#endFailed(run, current?.index, err.toJobError());
+    }
 
     let first = true;
     for (const step of steps) {
