@@ -617,6 +617,27 @@ for (const variant of storeVariants()) {
       },
     );
 
+    void it('gives up on a job whose workers keep dying instead of running it forever', T, async (t) => {
+      const h = await setup(t, variant);
+      const clock = new ManualClock();
+      const def = counted('poison', { crash: () => Promise.resolve('never') });
+      const engine = h.engine({ clock, leaseMs: 1000, maxAttempts: 2 });
+      engine.register(def);
+      const job = await h.submit(engine, 'poison');
+      for (const ghost of ['ghost-1', 'ghost-2']) {
+        const claimed = await h.store.jobs.claim(ghost, 1000, clock.now().toISOString(), ['poison']);
+        assert.equal(claimed?.id, job.id);
+        await h.store.jobs.updateStep(job.id, ghost, 0, { state: 'InProgress' }, clock.now().toISOString());
+        clock.advance(1001);
+      }
+      engine.start();
+      const done = await engine.waitFor(job.id);
+      assert.equal(done.state, 'Failed');
+      assert.equal(done.error?.code, 'INTERNAL');
+      assert.equal(done.steps[0]?.state, 'Failed');
+      assert.equal(def.runs.size, 0);
+    });
+
     void it('waitFor times out with JobWaitTimeoutError', T, async (t) => {
       const h = await setup(t, variant);
       const engine = h.engine();
