@@ -304,7 +304,9 @@ export class JobEngine {
         details: { jobId, type: job.type },
       });
     }
-    const updated = await this.#store.jobs.requestCancel(jobId, this.#nowIso());
+    const updated = await this.#store.jobs.requestCancel(jobId, this.#nowIso(), {
+      force: opts.force === true,
+    });
     this.#log.info({ jobId, force: opts.force === true, state: updated.state }, 'job cancel requested');
     this.#emit('cancel-requested', updated);
     const run = this.#running.get(jobId);

@@ -292,8 +292,12 @@ export interface JobRepository {
    * with no lease, so a worker claims it. Throws OsrError('JOB_NOT_WAITING') otherwise.
    */
   resume(id: string, comment: string, now: string): Promise<Job>;
-  /** Marks cancel requested (the worker cancels at the next step boundary); a NotStarted or WaitingForAction job is cancelled at once. */
-  requestCancel(id: string, now: string): Promise<Job>;
+  /**
+   * Marks cancel requested (the worker cancels at the next step boundary); a NotStarted or WaitingForAction job is cancelled at once.
+   * Refuses with JOB_NOT_CANCELLABLE when the job has ended, or when it is not cancellable and `opts.force` is not set
+   * (with `force` the caller — the workflow layer — has decided a non-cancellable job may be cancelled).
+   */
+  requestCancel(id: string, now: string, opts?: { force?: boolean }): Promise<Job>;
   addComment(id: string, text: string, now: string): Promise<void>;
   /**
    * Reaper: jobs InProgress whose lease expired before `now` become claimable again
