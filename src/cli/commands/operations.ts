@@ -7,9 +7,11 @@
 import { Option } from 'commander';
 import type { Command } from 'commander';
 import { vaultPath } from '../client.js';
+import type { OsrClient } from '../client.js';
 import { contextOf } from '../context.js';
 import { usageError } from '../errors.js';
-import { handleStartedJob } from '../job-follow.js';
+import { followJob, handleStartedJob } from '../job-follow.js';
+import { Output } from '../output.js';
 import { withWait } from './common.js';
 
 /** The failover flags as commander parses them. */
@@ -133,18 +135,30 @@ export function registerOperationCommands(program: Command): void {
     () => ({}),
   );
 
-  defineOperation(
-    program,
-    'unprotect',
-    'disable protection of an item',
-    (c) =>
-      c
-        .option('--delete-replica', 'delete the replica disks too')
-        .option('--force', 'also while an unplanned failover runs (the item will need repair)'),
-    (o) => ({
-      ...(o['deleteReplica'] ? { deleteReplica: true } : {}),
-      ...(o['force'] ? { force: true } : {}),
-    }),
+  withWait(
+    program
+      .command('unprotect')
+      .description('disable protection of an item')
+      .argument('<item>', 'item id or name')
+      .option('--delete-replica', 'delete the replica disks too')
+      .option(
+        '--force',
+        'first cancel the job running on the item, even an unplanned failover (it will need repair)',
+      ),
+  ).action(
+    async (
+      item: string,
+      opts: { deleteReplica?: boolean; force?: boolean; wait?: boolean },
+      cmd: Command,
+    ) => {
+      const { client, out, vault } = contextOf(cmd);
+      if (opts.force) await cancelCurrentJob(client, out, vault, item);
+      const res = await client.post(
+        vaultPath(vault, 'items', item, 'unprotect'),
+        opts.deleteReplica ? { deleteReplica: true } : {},
+      );
+      await handleStartedJob(client, out, res, { wait: opts.wait === true });
+    },
   );
 
   withWait(
@@ -194,4 +208,19 @@ export function registerOperationCommands(program: Command): void {
       });
     },
   );
+}
+
+/**
+ * `unprotect --force`: cancels (with force) the job that holds the item and waits until
+ * it has stopped, so that disabling protection is then allowed. The API's FORCE_REQUIRED
+ * warning applies: after a forced cancel of an unplanned failover the item needs repair.
+ */
+async function cancelCurrentJob(client: OsrClient, out: Output, vault: string, item: string): Promise<void> {
+  const view = await client.get<{ currentJobId: string | null }>(vaultPath(vault, 'items', item));
+  if (view.currentJobId === null) return;
+  const jobId = view.currentJobId;
+  await client.cancelJob(jobId, true);
+  out.note(`Cancelled job ${jobId} (forced); the item will need repair before it replicates again.`);
+  // A quiet follow (json mode prints nothing while polling): only the end matters here.
+  await followJob(client, jobId, { out: new Output(true, out.stdout, out.stderr), style: 'lines' });
 }
