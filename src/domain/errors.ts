@@ -34,12 +34,14 @@ export const ERROR_CATALOG = {
   POLICY_INVALID: {
     kind: 'invalid',
     possibleCauses: 'A replication policy setting is outside what is allowed.',
-    recommendedAction: 'Use a copy frequency of 30 s, 5 min or 15 min, a retention of 1–360 hours, and an app-consistent frequency that is off or 1–12 hours and below the retention.',
+    recommendedAction:
+      'Use a copy frequency of 30 s, 5 min or 15 min, a retention of 1–360 hours, and an app-consistent frequency that is off or 1–12 hours and below the retention.',
   },
   UNAUTHORIZED: {
     kind: 'unauthorized',
     possibleCauses: 'No bearer token, or the token is not valid for this server.',
-    recommendedAction: 'Pass the admin token (--token, OSR_TOKEN, or the admin-token file in the data folder).',
+    recommendedAction:
+      'Pass the admin token (--token, OSR_TOKEN, or the admin-token file in the data folder).',
   },
   FORBIDDEN: {
     kind: 'forbidden',
@@ -63,8 +65,10 @@ export const ERROR_CATALOG = {
   },
   OPERATION_NOT_ALLOWED: {
     kind: 'conflict',
-    possibleCauses: 'The operation is not allowed in the item’s current state, or another operation is running on it.',
-    recommendedAction: 'Check the item’s allowedOperations and its current job; wait for that job or run an allowed operation first.',
+    possibleCauses:
+      'The operation is not allowed in the item’s current state, or another operation is running on it.',
+    recommendedAction:
+      'Check the item’s allowedOperations and its current job; wait for that job or run an allowed operation first.',
   },
   JOB_NOT_CANCELLABLE: {
     kind: 'conflict',
@@ -78,13 +82,17 @@ export const ERROR_CATALOG = {
   },
   FORCE_REQUIRED: {
     kind: 'conflict',
-    possibleCauses: 'Cancelling an unplanned failover in progress stops replication of the item; it will need repair.',
-    recommendedAction: 'Repeat the cancel with force if you accept that the item will no longer replicate until repaired.',
+    possibleCauses:
+      'Cancelling an unplanned failover in progress stops replication of the item; it will need repair.',
+    recommendedAction:
+      'Repeat the cancel with force if you accept that the item will no longer replicate until repaired.',
   },
   NO_RECOVERY_POINT: {
     kind: 'conflict',
-    possibleCauses: 'No retained recovery point matches the choice (none yet, none app-consistent, or it has been pruned).',
-    recommendedAction: 'Wait for the first recovery point, choose another point type, or pick a point from the list.',
+    possibleCauses:
+      'No retained recovery point matches the choice (none yet, none app-consistent, or it has been pruned).',
+    recommendedAction:
+      'Wait for the first recovery point, choose another point type, or pick a point from the list.',
   },
   REGISTRATION_KEY_INVALID: {
     kind: 'unauthorized',
@@ -98,8 +106,10 @@ export const ERROR_CATALOG = {
   },
   AGENT_NOT_REGISTERED: {
     kind: 'unavailable',
-    possibleCauses: 'The site’s agent is not installed or not registered yet (after failback it can take up to 15 minutes to re-register).',
-    recommendedAction: 'Make sure the agent on the site is installed and registered with the vault, then retry.',
+    possibleCauses:
+      'The site’s agent is not installed or not registered yet (after failback it can take up to 15 minutes to re-register).',
+    recommendedAction:
+      'Make sure the agent on the site is installed and registered with the vault, then retry.',
   },
   AGENT_DISCONNECTED: {
     kind: 'unavailable',
@@ -108,30 +118,37 @@ export const ERROR_CATALOG = {
   },
   REPLICATION_UNHEALTHY: {
     kind: 'conflict',
-    possibleCauses: 'Replication of the item is not healthy (it needs resync or repair, or is lagging critically).',
+    possibleCauses:
+      'Replication of the item is not healthy (it needs resync or repair, or is lagging critically).',
     recommendedAction: 'Resolve the replication health issue first, or use an unplanned failover.',
   },
   FAILBACK_NOT_ALLOWED: {
     kind: 'conflict',
-    possibleCauses: 'The failed-over machine was deleted, moved, created by hand, protection was disabled, or the hypervisor types differ.',
-    recommendedAction: 'Failback is only possible for a machine created by failover and still protected; protect the machine anew instead.',
+    possibleCauses:
+      'The failed-over machine was deleted, moved, created by hand, protection was disabled, or the hypervisor types differ.',
+    recommendedAction:
+      'Failback is only possible for a machine created by failover and still protected; protect the machine anew instead.',
   },
   CANCEL_FAILOVER_NOT_ALLOWED: {
     kind: 'conflict',
-    possibleCauses: 'Cancel failover is only allowed for a planned failover from a cloud site to an on-premises site.',
+    possibleCauses:
+      'Cancel failover is only allowed for a planned failover from a cloud site to an on-premises site.',
     recommendedAction: 'Commit the failover, or fail back with a planned failover.',
   },
   TARGET_HOST_OUT_OF_MEMORY: {
     kind: 'failed',
     seedCode: 8038,
     possibleCauses: 'The target host does not have enough free memory to power on the machine.',
-    recommendedAction: 'Add memory to the host, free memory by stopping machines, or move the machine to a host with enough memory, then retry.',
+    recommendedAction:
+      'Add memory to the host, free memory by stopping machines, or move the machine to a host with enough memory, then retry.',
   },
   CONTROL_PLANE_UNREACHABLE: {
     kind: 'unavailable',
     seedCode: 95226,
-    possibleCauses: 'The failed-over machine cannot reach the primary site’s control plane, or its agent service is not running.',
-    recommendedAction: 'Make sure the agent service is running and that the machine can reach the control plane (address, port, proxy), then retry.',
+    possibleCauses:
+      'The failed-over machine cannot reach the primary site’s control plane, or its agent service is not running.',
+    recommendedAction:
+      'Make sure the agent service is running and that the machine can reach the control plane (address, port, proxy), then retry.',
   },
   MACHINE_NAME_CONFLICT: {
     kind: 'conflict',
@@ -197,7 +214,13 @@ export class OsrError extends Error {
   }
 
   /** The job-error shape (R-JOB-2). */
-  toJobError(): { code: string; message: string; possibleCauses: string; recommendedAction: string; seedCode: number | null } {
+  toJobError(): {
+    code: string;
+    message: string;
+    possibleCauses: string;
+    recommendedAction: string;
+    seedCode: number | null;
+  } {
     return {
       code: this.code,
       message: this.message,

@@ -355,7 +355,8 @@ export interface RecoveryPlan {
   updatedAt: string;
 }
 
-export type JobState = 'NotStarted' | 'InProgress' | 'WaitingForAction' | 'Succeeded' | 'Failed' | 'Cancelled';
+export type JobState =
+  'NotStarted' | 'InProgress' | 'WaitingForAction' | 'Succeeded' | 'Failed' | 'Cancelled';
 export type StepState = 'NotStarted' | 'InProgress' | 'Succeeded' | 'Failed' | 'Skipped' | 'Cancelled';
 
 /** What an operator needs to act on a failure (R-JOB-2). */

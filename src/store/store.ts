@@ -145,14 +145,20 @@ export interface PolicyRepository {
   find(vaultId: string, idOrName: string): Promise<Policy | undefined>;
   get(vaultId: string, idOrName: string): Promise<Policy>;
   list(vaultId: string, opts?: ListOptions): Promise<Page<Policy>>;
-  update(id: string, patch: Partial<Omit<Policy, 'id' | 'vaultId' | 'createdAt' | 'updatedAt'>>): Promise<Policy>;
+  update(
+    id: string,
+    patch: Partial<Omit<Policy, 'id' | 'vaultId' | 'createdAt' | 'updatedAt'>>,
+  ): Promise<Policy>;
   delete(id: string): Promise<void>;
 }
 
 export interface PolicyAssociationRepository {
   create(a: New<PolicyAssociation, 'createdAt'>): Promise<PolicyAssociation>;
   find(id: string): Promise<PolicyAssociation | undefined>;
-  list(vaultId: string, filter?: { policyId?: string; sourceContainerId?: string }): Promise<PolicyAssociation[]>;
+  list(
+    vaultId: string,
+    filter?: { policyId?: string; sourceContainerId?: string },
+  ): Promise<PolicyAssociation[]>;
   delete(id: string): Promise<void>;
 }
 
@@ -284,7 +290,13 @@ export interface JobRepository {
   /** Appends steps (a workflow may add steps as it learns more), fenced by the lease. */
   appendSteps(id: string, owner: string, names: string[], now: string): Promise<void>;
   /** Ends the job (Succeeded, Failed, Cancelled), releasing the lease. */
-  finish(id: string, owner: string, state: 'Succeeded' | 'Failed' | 'Cancelled', error: JobError | null, now: string): Promise<void>;
+  finish(
+    id: string,
+    owner: string,
+    state: 'Succeeded' | 'Failed' | 'Cancelled',
+    error: JobError | null,
+    now: string,
+  ): Promise<void>;
   /** Parks the job in WaitingForAction, releasing the lease. */
   park(id: string, owner: string, waiting: Omit<JobWaiting, 'since'>, now: string): Promise<void>;
   /**
@@ -319,18 +331,38 @@ export class LeaseLostError extends Error {
 }
 
 export interface EventRepository {
-  add(e: { vaultId: string; severity: EventSeverity; kind: string; targetId: string | null; message: string; details?: unknown; time: string }): Promise<OsrEvent>;
-  list(vaultId: string, opts?: ListOptions & { since?: string; severity?: EventSeverity }): Promise<Page<OsrEvent>>;
+  add(e: {
+    vaultId: string;
+    severity: EventSeverity;
+    kind: string;
+    targetId: string | null;
+    message: string;
+    details?: unknown;
+    time: string;
+  }): Promise<OsrEvent>;
+  list(
+    vaultId: string,
+    opts?: ListOptions & { since?: string; severity?: EventSeverity },
+  ): Promise<Page<OsrEvent>>;
 }
 
 export interface AgentCommandRepository {
   /** Idempotent by id: enqueuing an existing id returns the existing command. */
-  enqueue(c: { id?: string; agentId: string; type: string; payload: unknown }, now: string): Promise<AgentCommand>;
+  enqueue(
+    c: { id?: string; agentId: string; type: string; payload: unknown },
+    now: string,
+  ): Promise<AgentCommand>;
   find(id: string): Promise<AgentCommand | undefined>;
   /** Pending commands (and Delivered ones not completed, for redelivery after an agent restart), oldest first; marks them Delivered. */
   takeForAgent(agentId: string, now: string, limit?: number): Promise<AgentCommand[]>;
   /** Records the result; a second completion of the same id is ignored (returns the stored command). */
-  complete(id: string, state: Extract<AgentCommandState, 'Succeeded' | 'Failed'>, result: unknown, error: JobError | null, now: string): Promise<AgentCommand>;
+  complete(
+    id: string,
+    state: Extract<AgentCommandState, 'Succeeded' | 'Failed'>,
+    result: unknown,
+    error: JobError | null,
+    now: string,
+  ): Promise<AgentCommand>;
   list(agentId: string, opts?: ListOptions & { state?: AgentCommandState[] }): Promise<Page<AgentCommand>>;
 }
 

@@ -299,11 +299,22 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
     },
 
     async updateSettings(vaultId, itemKey, patch) {
-      const item = await store.items.get(vaultId, itemKey);
-      const machine = await store.machines.getById(item.machineId);
-      const settings: FailoverSettings = { ...item.failoverSettings, ...patch };
-      await validateSettings(store, vaultId, machine, item.targetSiteId, settings);
-      return store.items.update(item.id, { failoverSettings: settings }, { expectVersion: item.version });
+      // Status reports update the item concurrently: retry the compare-and-set a few times.
+      for (let attempt = 1; ; attempt++) {
+        const item = await store.items.get(vaultId, itemKey);
+        const machine = await store.machines.getById(item.machineId);
+        const settings: FailoverSettings = { ...item.failoverSettings, ...patch };
+        await validateSettings(store, vaultId, machine, item.targetSiteId, settings);
+        try {
+          return await store.items.update(
+            item.id,
+            { failoverSettings: settings },
+            { expectVersion: item.version },
+          );
+        } catch (err) {
+          if (!(err instanceof OsrError && err.code === 'OPERATION_NOT_ALLOWED') || attempt >= 5) throw err;
+        }
+      }
     },
 
     async describeItem(vaultId, itemKey) {
