@@ -280,7 +280,7 @@ export class KyselyJobRepository implements JobRepository {
     });
   }
 
-  async requestCancel(id: string, now: string): Promise<Job> {
+  async requestCancel(id: string, now: string, opts?: { force?: boolean }): Promise<Job> {
     const at = isoTime(now, 'now');
     return inTransaction(this.ctx, async (tx) => {
       const row = await lockJob(tx, id);
@@ -289,7 +289,7 @@ export class KyselyJobRepository implements JobRepository {
           details: { id, state: row.state },
         });
       }
-      if (!toBool(row.cancellable)) {
+      if (!toBool(row.cancellable) && opts?.force !== true) {
         throw new OsrError('JOB_NOT_CANCELLABLE', `job '${id}' of type ${row.type} cannot be cancelled`, {
           details: { id, type: row.type },
         });
