@@ -40,7 +40,6 @@ export function buildProgram(): Command {
     .option('--vault <vault>', 'vault id or name (env OSR_VAULT, default "default")')
     .option('--data <dir>', 'data folder (env OSR_DATA, default ./.osr)')
     .option('--json', "print the API's JSON instead of tables")
-    .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .configureOutput({
       // Commander's own messages ("error: unknown option …") become our one-line form.
