@@ -2,7 +2,7 @@
  * The `Store` over Kysely: the repositories bound to one handle (the database, or an open
  * transaction for the store `transaction()` hands out).
  */
-import { Migrator, type Kysely } from 'kysely';
+import { Migrator, sql, type Kysely } from 'kysely';
 import { OsrError } from '../domain/errors.js';
 import type { Dialect, Store } from './store.js';
 import type { Database } from './schema.js';
@@ -111,6 +111,11 @@ export class KyselyStore implements Store {
       const reason = error instanceof Error ? error.message : JSON.stringify(error);
       throw new OsrError('INTERNAL', `store migration ${failed ?? ''} failed: ${reason}`, { cause: error });
     }
+  }
+
+  async analyze(): Promise<void> {
+    this.refuseInTransaction('analyze');
+    await sql`analyze`.execute(this.ctx.db);
   }
 
   async close(): Promise<void> {

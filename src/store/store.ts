@@ -401,6 +401,11 @@ export interface Store {
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
   /** Applies pending migrations (append-only, date-prefixed). */
   migrate(): Promise<void>;
+  /**
+   * Refreshes the query planner's statistics (ANALYZE). Optional; worth calling after a bulk
+   * load (benchmarks, restores), since PostgreSQL picks poor plans on a freshly filled table.
+   */
+  analyze?(): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -4,10 +4,12 @@
  */
 import type { Migration, MigrationProvider } from 'kysely';
 import * as initial from './2026-11-25-001-initial.js';
+import * as jobListIndexes from './2026-11-25-002-job-list-indexes.js';
 
 /** The migrations by name; names sort in the order they apply. */
 export const migrations: Readonly<Record<string, Migration>> = {
   '2026-11-25-001-initial': initial,
+  '2026-11-25-002-job-list-indexes': jobListIndexes,
 };
 
 /** A `MigrationProvider` over the compiled-in list. */
