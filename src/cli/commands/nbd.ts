@@ -19,6 +19,8 @@ export interface NbdServeOptions {
   readonly tlsCert?: string;
   readonly tlsKey?: string;
   readonly tlsRequired?: boolean;
+  /** Passed to `FileBackend` (`syncWriteMaxBytes`); default there. */
+  readonly syncWriteMaxBytes?: number;
 }
 
 /** A running `nbd serve`. */
@@ -54,7 +56,10 @@ export async function startNbdServe(options: NbdServeOptions): Promise<RunningNb
     for (const spec of options.specs) {
       const { file, name } = parseExportSpec(spec);
       if (exports.some((e) => e.name === name)) throw new Error(`export name "${name}" is used twice`);
-      const backend = await FileBackend.open(file, { readOnly: options.readOnly ?? false });
+      const backend = await FileBackend.open(file, {
+        readOnly: options.readOnly ?? false,
+        syncWriteMaxBytes: options.syncWriteMaxBytes,
+      });
       exports.push({ name, backend, description: path.resolve(file) });
     }
     const server = new NbdServer({
@@ -118,7 +123,12 @@ export function registerNbdCommands(program: Command): void {
     .option('--tls-key <file>', 'PEM private key for STARTTLS')
     .option('--tls-required', 'refuse clients that do not upgrade to TLS', false)
     .action(async (specs: string[], opts: ServeFlags) => {
+      // Cold reads block a libuv thread each; with the default 4 threads a queue depth of 16 cannot keep the
+      // disk busy. Only effective if nothing used the threadpool yet, so an explicit setting always wins.
+      process.env.UV_THREADPOOL_SIZE ??= '16';
+      const syncMax = process.env.OSR_NBD_SYNC_WRITE_MAX;
       const running = await startNbdServe({
+        syncWriteMaxBytes: syncMax === undefined ? undefined : Number(syncMax),
         specs,
         host: opts.host,
         port: opts.port,

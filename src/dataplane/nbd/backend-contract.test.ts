@@ -53,7 +53,7 @@ const factories: Factory[] = [
   },
   {
     name: 'FileBackend (threadpool writes)',
-    make: (size, readOnly) => FileBackend.open(tempImage(size), { readOnly, syncWrites: false }),
+    make: (size, readOnly) => FileBackend.open(tempImage(size), { readOnly, syncWriteMaxBytes: 0 }),
   },
   {
     name: 'ObservedBackend over MemoryBackend',

@@ -120,7 +120,7 @@ export class ObservedBackend implements BlockBackend {
     try {
       accepted = observe();
     } catch (err) {
-      return Promise.reject(err as Error);
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
     // Marks the rejection as handled now; it is still delivered to the client through `applied`.
     accepted.catch(() => undefined);

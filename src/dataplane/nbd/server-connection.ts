@@ -65,7 +65,7 @@ export class NbdConnection {
   start(): void {
     const sock = this.socket;
     sock.setNoDelay(true);
-    sock.on('error', (err) => this.fail(err));
+    sock.on('error', (err: Error) => this.fail(err));
     sock.on('close', () => this.onClose());
     sock.on('drain', () => this.maybeResume());
     sock.on('data', this.onData);
@@ -374,7 +374,7 @@ export class NbdConnection {
         rejectUnauthorized: this.s.tlsOptions?.requestCert ?? false,
       });
       this.socket = secure;
-      secure.on('error', (e) => this.fail(e));
+      secure.on('error', (e: Error) => this.fail(e));
       secure.on('close', () => this.onClose());
       secure.on('drain', () => this.maybeResume());
       secure.once('secure', () => {
