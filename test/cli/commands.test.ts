@@ -13,6 +13,7 @@ import { after, before, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import type { Container, Job, Policy, Site, Vault } from '../../src/domain/model.js';
 import type { InventorySnapshot } from '../../src/store/store.js';
+import { FakeAgent } from './fake-agent.js';
 import { startWorld } from './harness.js';
 import type { CliWorld, RunResult } from './harness.js';
 
@@ -23,6 +24,9 @@ interface Page<T> {
 
 let world: CliWorld;
 let tmp: string;
+/** Agent credentials and site ids by site name, once registered. */
+const agents = new Map<string, { credential: string; siteId: string }>();
+let webJobId = '';
 
 before(async () => {
   world = await startWorld();
@@ -85,7 +89,7 @@ async function agentFor(site: string, snapshot: InventorySnapshot): Promise<stri
   const file = join(tmp, `${site}.osrkey`);
   ok(await world.osr(['key', 'create', '--site', site, '--out', file]));
   const keyFile = JSON.parse(readFileSync(file, 'utf8')) as { key: string };
-  const reg = await world.api<{ credential: string }>('POST', '/agent/register', {
+  const reg = await world.api<{ credential: string; siteId: string }>('POST', '/agent/register', {
     key: keyFile.key,
     friendlyName: `${site}-agent`,
     version: '0.1.0',
@@ -93,6 +97,7 @@ async function agentFor(site: string, snapshot: InventorySnapshot): Promise<stri
   assert.equal(reg.status, 201);
   const inv = await world.api('PUT', '/agent/inventory', snapshot, reg.body.credential);
   assert.ok(inv.status < 300, `inventory refused: ${JSON.stringify(inv.body)}`);
+  agents.set(site, { credential: reg.body.credential, siteId: reg.body.siteId });
   return reg.body.credential;
 }
 
@@ -173,7 +178,7 @@ void test('sites, registration keys (file mode 0600), agents, containers, invent
   assert.ok(!JSON.stringify(keys).includes(keyFile['key'] ?? '?'), 'the secret is never listed');
   assert.match(ok(await world.osr(['key', 'list', '--site', 'primary'])), /Valid/);
 
-  await agentFor('primary', inventory(['lan'], ['web', 'db'], 10809));
+  await agentFor('primary', inventory(['lan'], ['web', 'db', 'app'], 10809));
   await agentFor('recovery', inventory(['dr-lan', 'dr-test'], [], 10810));
 
   const agents = ok(await world.osr(['agent', 'list']));
@@ -298,6 +303,7 @@ void test('protect starts a job that job list, show and cancel see; item command
   ]);
   assert.equal(accepted.item.name, 'web');
   const jobId = accepted.job.id;
+  webJobId = jobId;
 
   const jobs = await world.json<Page<Job>>(['job', 'list']);
   assert.ok(jobs.items.some((j) => j.id === jobId));
@@ -338,6 +344,65 @@ void test('protect starts a job that job list, show and cancel see; item command
   }
   failsWith(await world.osr(['job', 'resume', jobId, '--comment', 'x']), 'JOB_NOT_WAITING');
   failsWith(await world.osr(['job', 'show', 'no-such-job']), 'NOT_FOUND');
+});
+
+void test('job cancel stops a running job; job watch then reports Cancelled with a non-zero exit', async () => {
+  // Nobody answers the agent commands yet, so the web job waits in a step until cancelled.
+  const before = await world.json<Job>(['job', 'show', webJobId]);
+  assert.equal(before.state, 'InProgress');
+  assert.match(ok(await world.osr(['job', 'cancel', webJobId])), new RegExp(webJobId));
+  const watched = await world.osr(['job', 'watch', webJobId, '--interval', '100']);
+  assert.equal(watched.code, 3, watched.stdout + watched.stderr);
+  assert.match(watched.stdout, new RegExp(`Job ${webJobId} \\(Enable protection\\) Cancelled`));
+  const after = await world.json<Job>(['job', 'show', webJobId]);
+  assert.equal(after.state, 'Cancelled');
+  failsWith(await world.osr(['job', 'cancel', webJobId]), 'JOB_NOT_CANCELLABLE');
+  const cancelled = await world.json<Page<Job>>(['job', 'list', '--state', 'cancelled']);
+  assert.ok(cancelled.items.some((j) => j.id === webJobId));
+});
+
+void test('protect --wait follows the job to Succeeded while the agents answer; job watch follows the next job', async () => {
+  const fakes = [...agents.values()].map((a) => new FakeAgent(world, a.credential, a.siteId));
+  try {
+    const r = await world.osr(['protect', 'db', '--policy', 'gold', '--target-site', 'recovery', '--wait']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /^Started job \S+: Enable protection$/m);
+    assert.match(r.stdout, /\(Enable protection\) Succeeded after/);
+    // Not a terminal: step changes come as lines, no progress bar.
+    assert.match(r.stdout, /\[1\/\d\] Prerequisites check: Succeeded/);
+    assert.doesNotMatch(r.stdout + r.stderr, /\[#/);
+
+    const finalize = await world.json<Page<Job>>(['job', 'list', '--type', 'FinalizeProtection']);
+    const next = finalize.items[0];
+    assert.ok(next, 'the enable job hands over to a finalize job');
+    const watched = await world.osr(['job', 'watch', next.id, '--interval', '100']);
+    assert.equal(watched.code, 0, watched.stdout + watched.stderr);
+    assert.match(watched.stdout, /Succeeded after/);
+    const item = await world.json<{ protectionState: string; latestPoints: { latest: unknown } }>([
+      'item',
+      'show',
+      'db',
+    ]);
+    assert.equal(item.protectionState, 'Protected');
+    assert.ok(item.latestPoints.latest !== null);
+    assert.match(ok(await world.osr(['point', 'list', 'db'])), /crash-consistent\s+1\s/);
+
+    const json = await world.osr([
+      'protect',
+      'app',
+      '--policy',
+      'gold',
+      '--target-site',
+      'recovery',
+      '--wait',
+      '--json',
+    ]);
+    assert.equal(json.code, 0, json.stderr);
+    const job = JSON.parse(json.stdout) as Job;
+    assert.equal(job.state, 'Succeeded', 'with --json --wait prints the final job');
+  } finally {
+    for (const f of fakes) await f.stop();
+  }
 });
 
 void test('events list what happened in the vault', async () => {
