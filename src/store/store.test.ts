@@ -648,6 +648,21 @@ export function storeSuite(name: string, open: OpenStore): void {
         assert.equal((await s.vaults.get(vault.id)).name, 'v');
       }));
 
+    void it('transactions: concurrent read-modify-write transactions do not interleave', () =>
+      withStore(open, async (s) => {
+        const { item } = await seed(s);
+        await Promise.all(
+          Array.from({ length: 10 }, (_, i) =>
+            s.transaction(async (tx) => {
+              const current = await tx.items.getById(item.id, { forUpdate: true });
+              await tx.settings.set(`seen-${i}`, String(current.version));
+              await tx.items.update(item.id, { rpoSeconds: i }, { expectVersion: current.version });
+            }),
+          ),
+        );
+        assert.equal((await s.items.getById(item.id)).version, 11);
+      }));
+
     void it('recovery points: idempotent add, list newest first, prune, delete all except', () =>
       withStore(open, async (s) => {
         const { item } = await seed(s);
