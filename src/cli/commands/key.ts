@@ -20,6 +20,8 @@ export interface KeyInfo {
   siteId: string;
   createdAt: string;
   expiresAt: string;
+  /** Set by the server (its clock); the CLI falls back to comparing with its own. */
+  expired?: boolean;
 }
 
 /** Writes a key file readable by its owner only (mode 0600, also when it existed before). */
@@ -65,7 +67,10 @@ export function registerKeyCommands(program: Command): void {
           { header: 'id', value: (k) => k.id },
           { header: 'created', value: (k) => formatTime(k.createdAt) },
           { header: 'expires', value: (k) => formatTime(k.expiresAt) },
-          { header: 'status', value: (k) => (Date.parse(k.expiresAt) <= now ? 'Expired' : 'Valid') },
+          {
+            header: 'status',
+            value: (k) => ((k.expired ?? Date.parse(k.expiresAt) <= now) ? 'Expired' : 'Valid'),
+          },
         ]);
       });
     });
