@@ -37,8 +37,8 @@ function start(args: string[], cwd: string): RunningOsr {
 /** Starts `osr up --port 0` in `cwd`; resolves with its URL and the token it printed. */
 async function up(cwd: string): Promise<{ p: RunningOsr; url: string; token: string }> {
   const p = start(['up', '--port', '0'], cwd);
-  const [, url] = await p.waitFor(/osr is up at (http:\/\/127\.0\.0\.1:\d+)/);
-  const [, token] = await p.waitFor(/Admin token:\s+(\S+)/);
+  const [, url] = await p.waitFor(/osr is up at (http:\/\/127\.0\.0\.1:\d+)\n/);
+  const [, token] = await p.waitFor(/Admin token:\s+(\S+)\s/);
   assert.ok(url && token);
   return { p, url, token };
 }
@@ -90,9 +90,10 @@ void test('osr up starts the control plane with the default vault, answers, and 
 void test('osr server --data prints its URL and token file, serves, and exits 0 on SIGTERM', async () => {
   const data = join(tmp, 'server-data');
   const p = start(['server', '--data', data, '--port', '0', '--log-level', 'silent'], tmp);
-  const [, url] = await p.waitFor(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
+  const [, url] = await p.waitFor(/listening on (http:\/\/127\.0\.0\.1:\d+)\n/);
+  const [, tokenFile] = await p.waitFor(/Admin token: (\S+)\n/);
   assert.ok(url);
-  assert.ok(p.stdout().includes(join(data, 'admin-token')));
+  assert.equal(tokenFile, join(data, 'admin-token'));
   const r = await runOsr(['--server', url, '--data', data, 'vault', 'show', 'default', '--json'], {
     env: cleanEnv(),
   });
