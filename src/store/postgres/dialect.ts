@@ -4,7 +4,17 @@
  * installations) can share one database.
  */
 import pg from 'pg';
-import { Kysely, PostgresDialect } from 'kysely';
+import {
+  Kysely,
+  PostgresAdapter,
+  PostgresDialect,
+  PostgresQueryCompiler,
+  sql,
+  type DatabaseIntrospector,
+  type DatabaseMetadata,
+  type SchemaMetadata,
+  type TableMetadata,
+} from 'kysely';
 import { OsrError } from '../../domain/errors.js';
 import type { Database } from '../schema.js';
 
@@ -53,5 +63,47 @@ export async function openPostgres(url: string, options: PostgresOptions = {}): 
   });
   const onIdleError = options.onIdleError ?? ((err: Error) => process.emitWarning(err));
   pool.on('error', onIdleError);
-  return { db: new Kysely<Database>({ dialect: new PostgresDialect({ pool }) }) };
+  const dialect = new PostgresDialect({ pool });
+  return {
+    db: new Kysely<Database>({
+      dialect: {
+        createDriver: () => dialect.createDriver(),
+        createAdapter: () => new PostgresAdapter(),
+        createQueryCompiler: () => new PostgresQueryCompiler(),
+        createIntrospector: (db) => new CurrentSchemaIntrospector(db),
+      },
+    }),
+  };
+}
+
+/**
+ * What Kysely's migrator needs to know (which tables exist), for the current schema only.
+ * Kysely's own introspector reads every schema of the database and calls functions
+ * (`has_schema_privilege` by name) that fail when another session drops a schema
+ * meanwhile — as parallel tests, each in its own schema, do all the time. Tables are
+ * listed without their columns.
+ */
+class CurrentSchemaIntrospector implements DatabaseIntrospector {
+  constructor(private readonly db: Kysely<unknown>) {}
+
+  async getSchemas(): Promise<SchemaMetadata[]> {
+    const r = await sql<{ name: string }>`select nspname as name from pg_catalog.pg_namespace`.execute(
+      this.db,
+    );
+    return r.rows.map((x) => ({ name: x.name }));
+  }
+
+  async getTables(): Promise<TableMetadata[]> {
+    const r = await sql<{ name: string; schema: string; kind: string }>`
+      select c.relname as name, n.nspname as schema, c.relkind as kind
+      from pg_catalog.pg_class c
+      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = current_schema() and c.relkind in ('r', 'v', 'p')
+      order by c.relname`.execute(this.db);
+    return r.rows.map((x) => ({ name: x.name, schema: x.schema, isView: x.kind === 'v', columns: [] }));
+  }
+
+  async getMetadata(): Promise<DatabaseMetadata> {
+    return { tables: await this.getTables() };
+  }
 }
