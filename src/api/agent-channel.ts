@@ -121,6 +121,11 @@ export class AgentChannel {
     }
   }
 
+  /** True once `close()` was called. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   /** Ends every waiting poll (they answer with no commands); used at server shutdown. */
   close(): void {
     this.closed = true;

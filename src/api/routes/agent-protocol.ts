@@ -186,6 +186,9 @@ export function agentProtocolRoutes(app: ApiInstance, ctx: ApiContext): void {
           req.query.session,
           gone.signal,
         );
+        // At shutdown the server already closed idle keep-alive sockets; this one would
+        // otherwise stay open until the keep-alive timeout and hold close() up.
+        if (ctx.channel.isClosed) void reply.header('connection', 'close');
         return { commands: cmds.map((c) => ({ id: c.id, type: c.type, payload: c.payload })) };
       } finally {
         reply.raw.off('close', onClose);
