@@ -58,6 +58,20 @@ async function until(what: string, fn: () => boolean | Promise<boolean>, ms = 10
   }
 }
 
+/** A view of the jobs repository whose every call fails while `net.partitioned` is set. */
+function partitionable(jobs: Store['jobs'], net: { partitioned: boolean }): Store['jobs'] {
+  return new Proxy(jobs, {
+    get(target, prop) {
+      const value: unknown = Reflect.get(target, prop, target);
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]): Promise<unknown> =>
+        net.partitioned
+          ? Promise.reject(new Error('connection reset'))
+          : Promise.resolve((value as (...a: unknown[]) => unknown).apply(target, args));
+    },
+  });
+}
+
 class MemoryLogger implements JobEngineLogger {
   readonly lines: { level: string; obj: object; msg?: string }[] = [];
   info(obj: object, msg?: string): void {
@@ -452,11 +466,9 @@ for (const variant of storeVariants()) {
       async (t) => {
         const h = await setup(t, variant);
         const clock = new ManualClock();
-        let partitioned = false;
-        // Engine A's view of the store: renewals fail while "partitioned", as on a network split.
-        const jobsA = Object.create(h.store.jobs) as Store['jobs'];
-        jobsA.renewLease = (...args) =>
-          partitioned ? Promise.reject(new Error('connection reset')) : h.store.jobs.renewLease(...args);
+        // Engine A's view of the store: every call fails while partitioned, as on a network split.
+        const net = { partitioned: false };
+        const jobsA = partitionable(h.store.jobs, net);
         const effects = new Map<string, number>();
         let aborts = 0;
         const g = gate();
@@ -494,7 +506,7 @@ for (const variant of storeVariants()) {
         a.start();
         const job = await h.submit(a, 'effect');
         await a.waitFor(job.id, (j) => j.steps[1]?.state === 'InProgress');
-        partitioned = true;
+        net.partitioned = true;
         clock.advance(10_001);
         b.start();
         await until('A to abandon the job', () => a.runningJobIds().length === 0);
@@ -502,7 +514,7 @@ for (const variant of storeVariants()) {
         assert.ok(logA.lines.some((l) => l.level === 'error' || l.level === 'warn'));
         g.open();
         const done = await b.waitFor(job.id);
-        partitioned = false;
+        net.partitioned = false;
         assert.equal(done.state, 'Succeeded');
         assert.ok(done.attempts >= 2);
         assert.deepEqual(
@@ -525,24 +537,92 @@ for (const variant of storeVariants()) {
     void it('a worker whose renewal is refused aborts the running step at once', T, async (t) => {
       const h = await setup(t, variant);
       const clock = new ManualClock();
+      let sawAbort: unknown;
       const def = counted('stuck', {
-        wait: (ctx) => untilOrAbort(ctx.signal, new Promise(() => undefined)),
+        wait: (ctx) =>
+          untilOrAbort(ctx.signal, new Promise(() => undefined)).catch((err: unknown) => {
+            sawAbort = err;
+            throw err;
+          }),
       });
-      const a = h.engine({ clock, leaseMs: 10_000, renewEveryMs: 20 });
-      const b = h.engine({ clock, leaseMs: 10_000, owner: 'engine-b' });
+      // A's renewals stall (a slow database) while another worker takes the job over.
+      const renewals: { stall?: Gate } = {};
+      const jobsA = Object.create(h.store.jobs) as Store['jobs'];
+      jobsA.renewLease = async (...args) => {
+        if (renewals.stall) await renewals.stall.promise;
+        return h.store.jobs.renewLease(...args);
+      };
+      const log = new MemoryLogger();
+      // A neither polls nor reaps here, so only its stalled renewal touches the job.
+      const a = h.engine({
+        store: { jobs: jobsA },
+        clock,
+        leaseMs: 10_000,
+        renewEveryMs: 20,
+        pollMs: 600_000,
+        reapEveryMs: 600_000,
+        logger: log,
+      });
       a.register(def);
       const job = await h.submit(a, 'stuck');
       a.start();
       await a.waitFor(job.id, (j) => j.steps[0]?.state === 'InProgress');
-      // b steals the expired lease directly through the store (b does not run steps).
+      const stall = gate();
+      renewals.stall = stall;
       clock.advance(60_000);
-      const stolen = await h.store.jobs.claim(b.owner, 10_000, clock.now().toISOString(), ['stuck']);
+      // PostgreSQL's SKIP LOCKED passes over the row while A's last renewal still holds it.
+      let stolen: Job | undefined;
+      await until('another worker to take the job', async () => {
+        stolen = await h.store.jobs.claim('engine-b', 10_000, clock.now().toISOString(), ['stuck']);
+        return stolen !== undefined;
+      });
       assert.equal(stolen?.id, job.id);
+      stall.open();
       await until('A to abandon the job', () => a.runningJobIds().length === 0);
+      assert.ok(sawAbort instanceof JobAbortedError && sawAbort.why === 'lease-lost');
+      assert.ok(log.lines.some((l) => l.msg?.includes('lease lost at renewal')));
       const after = await h.store.jobs.get(job.id);
       assert.equal(after.state, 'InProgress');
-      assert.equal(after.steps[0]?.state, 'InProgress');
-      await h.store.jobs.finish(job.id, b.owner, 'Succeeded', null, clock.now().toISOString());
+      assert.equal(
+        after.steps[0]?.state,
+        'InProgress',
+        'the old worker wrote nothing after losing the lease',
+      );
+      await h.store.jobs.finish(job.id, 'engine-b', 'Succeeded', null, clock.now().toISOString());
+    });
+
+    void it('never runs a second copy of a job it reclaims after its own lease was reaped', T, async (t) => {
+      const h = await setup(t, variant);
+      const clock = new ManualClock();
+      const g = gate();
+      const def = counted('slow-db', {
+        one: (ctx) => untilOrAbort(ctx.signal, g.promise).then(() => 'one'),
+        two: () => Promise.resolve('two'),
+      });
+      const renewals: { stall?: Gate } = {};
+      const jobsA = Object.create(h.store.jobs) as Store['jobs'];
+      jobsA.renewLease = async (...args) => {
+        if (renewals.stall) await renewals.stall.promise;
+        return h.store.jobs.renewLease(...args);
+      };
+      const log = new MemoryLogger();
+      const a = h.engine({ store: { jobs: jobsA }, clock, leaseMs: 10_000, renewEveryMs: 20, logger: log });
+      a.register(def);
+      const job = await h.submit(a, 'slow-db');
+      a.start();
+      await a.waitFor(job.id, (j) => j.steps[0]?.state === 'InProgress');
+      const stall = gate();
+      renewals.stall = stall;
+      // A's renewals hang past the lease, so its own reaper frees the job and its claim loop takes it back.
+      clock.advance(10_001);
+      await until('A to reclaim its own job', () =>
+        log.lines.some((l) => l.msg?.startsWith('reclaimed a job')),
+      );
+      stall.open();
+      g.open();
+      const done = await a.waitFor(job.id);
+      assert.equal(done.state, 'Succeeded');
+      assert.deepEqual([...def.runs.values()], [1, 1]);
     });
 
     void it('two engines on one store never run the same job at the same time', T, async (t) => {

@@ -429,7 +429,24 @@ export class JobEngine {
         const now = this.#clock.now();
         const job = await this.#store.jobs.claim(this.owner, this.#leaseMs, now.toISOString(), types);
         if (job === undefined) break;
-        this.#launch(job, now.getTime());
+        const current = this.#running.get(job.id);
+        if (current === undefined) {
+          this.#launch(job, now.getTime());
+          continue;
+        }
+        // Our own job came back: its lease expired (renewals were slow) and was reaped, and
+        // we claimed it again. Never run a second copy: the running one simply holds the
+        // new lease, unless it is already giving the job up.
+        if (!current.lost) {
+          current.lastRenewedMs = now.getTime();
+          this.#log.warn(
+            { jobId: job.id },
+            'reclaimed a job this worker is still running; keeping the running copy',
+          );
+          continue;
+        }
+        await this.#store.jobs.releaseLease(job.id, this.owner);
+        break;
       }
     } while (this.#tickAgain && !this.#stopping);
   }
