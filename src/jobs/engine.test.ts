@@ -431,6 +431,50 @@ for (const variant of storeVariants()) {
       assert.equal(def.runs.get(`${job.id}:1`), 2);
     });
 
+    void it(
+      'cancels a resumed job that no worker has picked up yet when it is next claimed',
+      T,
+      async (t) => {
+        const h = await setup(t, variant);
+        const onEnd: Job[] = [];
+        const def = counted(
+          'approve',
+          {
+            approve: (ctx) => {
+              const answer = waitUntilResumed(ctx, 'approve', 'Approve?');
+              return Promise.resolve(isWaitRequest(answer) ? answer : answer);
+            },
+            act: () => Promise.resolve('acted'),
+          },
+          {
+            onEnd(job) {
+              onEnd.push(job);
+              return Promise.resolve();
+            },
+          },
+        );
+        const engine = h.engine();
+        engine.register(def);
+        engine.start();
+        const job = await h.submit(engine, 'approve');
+        assert.equal((await engine.waitFor(job.id)).state, 'WaitingForAction');
+        await engine.stop();
+        await engine.resume(job.id, 'go');
+        const requested = await engine.cancel(job.id);
+        assert.equal(requested.state, 'InProgress');
+        assert.equal(requested.cancelRequested, true);
+        engine.start();
+        const done = await engine.waitFor(job.id);
+        assert.equal(done.state, 'Cancelled');
+        assert.deepEqual(
+          done.steps.map((s) => s.state),
+          ['Cancelled', 'NotStarted'],
+        );
+        assert.equal(def.runs.get(`${job.id}:0`), 1, 'the cancelled step did not run again');
+        assert.equal(onEnd.length, 1);
+      },
+    );
+
     void it('stops at a step boundary, hands the job back, and another engine continues it', T, async (t) => {
       const h = await setup(t, variant);
       const g = gate();

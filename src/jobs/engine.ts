@@ -498,7 +498,10 @@ export class JobEngine {
 
   async #runSteps(run: RunningJob): Promise<void> {
     const steps = run.job.steps;
-    if (run.job.cancelRequested) return this.#endCancelled(run, undefined);
+    if (run.job.cancelRequested) {
+      // e.g. cancelled after a resume, before any worker picked the job up again
+      return this.#endCancelled(run, steps.find((s) => s.state === 'InProgress')?.index);
+    }
     // A previous worker recorded the outcome but died before ending the job.
     const failed = steps.find((s) => s.state === 'Failed');
     if (failed !== undefined)
