@@ -440,10 +440,7 @@ for (const variant of storeVariants()) {
         const def = counted(
           'approve',
           {
-            approve: (ctx) => {
-              const answer = waitUntilResumed(ctx, 'approve', 'Approve?');
-              return Promise.resolve(isWaitRequest(answer) ? answer : answer);
-            },
+            approve: (ctx) => Promise.resolve(waitUntilResumed(ctx, 'approve', 'Approve?')),
             act: () => Promise.resolve('acted'),
           },
           {
