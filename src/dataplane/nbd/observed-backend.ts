@@ -109,6 +109,21 @@ export class ObservedBackend implements BlockBackend {
     return this.inner.blockStatus(offset, length);
   }
 
+  /**
+   * Reads once every mutation already handed to the observer has been applied, and before any mutation handed
+   * to it later is applied: the bytes are exactly the image at the observer's current position in its stream.
+   * Initial copy and resync call this in the same tick as they take a sequence number from the journal, so the
+   * copied block lands in the stream at exactly the place its bytes belong.
+   */
+  readInOrder(offset: number, length: number): Promise<Buffer> {
+    const read = this.tail.then(() => this.inner.read(offset, length));
+    this.tail = read.then(
+      () => undefined,
+      () => undefined,
+    );
+    return read;
+  }
+
   async close(): Promise<void> {
     await this.tail;
     await this.inner.close();
