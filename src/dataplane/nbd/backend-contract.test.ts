@@ -156,6 +156,21 @@ for (const f of factories) {
   });
 }
 
+test('FileBackend refuses mutations outside the image even from direct callers', async () => {
+  const b = await FileBackend.open(tempImage(SIZE));
+  try {
+    for (const call of [
+      () => b.write(SIZE - 1, Buffer.alloc(2)),
+      () => b.writeZeroes(SIZE, 1),
+      () => b.trim(-1, 10),
+    ]) {
+      await assert.rejects(call(), (e: unknown) => e instanceof NbdError && e.errno === NbdErrno.ENOSPC);
+    }
+  } finally {
+    await b.close();
+  }
+});
+
 test('FileBackend fast zero refuses (changing nothing) when data would have to be written', async () => {
   const b = await FileBackend.open(tempImage(SIZE));
   try {

@@ -127,6 +127,7 @@ export class FileBackend implements BlockBackend {
 
   async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
     this.assertWritable();
+    this.assertRange(offset, data.length);
     // Mark before writing: a concurrent read or block-status must never skip bytes that may already be on disk.
     this.map.markData(offset, data.length);
     if (data.length <= this.syncWriteMax) pwriteFullySync(this.fd, data, offset);
@@ -136,6 +137,7 @@ export class FileBackend implements BlockBackend {
 
   async writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
     this.assertWritable();
+    this.assertRange(offset, length);
     const noHole = options?.noHole ?? false;
     const fill: Array<[number, number]> = [];
     const updates: Array<[number, GranuleState]> = [];
@@ -158,6 +160,7 @@ export class FileBackend implements BlockBackend {
 
   async trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
     this.assertWritable();
+    this.assertRange(offset, length);
     const fill: Array<[number, number]> = [];
     const { first, end } = this.map.coveredGranules(offset, length);
     for (let i = first; i < end; i++) {
@@ -206,6 +209,13 @@ export class FileBackend implements BlockBackend {
 
   private assertWritable(): void {
     if (this.readOnly) throw new NbdError(NbdErrno.EPERM, 'read-only image');
+  }
+
+  /** Defence in depth for direct callers: a mutation must never grow or write past the image. */
+  private assertRange(offset: number, length: number): void {
+    if (!(offset >= 0 && length >= 0 && offset + length <= this.size)) {
+      throw new NbdError(NbdErrno.ENOSPC, `range ${offset}+${length} is outside the ${this.size}-byte image`);
+    }
   }
 
   /** Zero-fill the parts of partial granules at the edges of a zeroing range that may hold data. */

@@ -595,13 +595,17 @@ export class NbdConnection {
     }
   }
 
-  /** Queues reply bytes; replies finished in the same event-loop turn leave in one writev. */
+  /**
+   * Queues reply bytes. Replies completed by the same callback (all requests of one received chunk, or one
+   * finished read) leave in one writev: the uncork runs as a next-tick after the current microtask drain, so
+   * batching never holds a reply back for other I/O.
+   */
   private send(b: Buffer): void {
     if (this.phase === 'closed') return;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      setImmediate(this.uncork);
+      process.nextTick(this.uncork);
     }
     this.socket.write(b);
   }

@@ -259,6 +259,19 @@ describe('NbdServer with NbdClient', () => {
     assert.equal((await ro.read(0, 10)).toString(), 'still fine');
   });
 
+  test('serves a unix socket too', async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-nbd-unix-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const sock = path.join(dir, 'nbd.sock');
+    const server = new NbdServer({ exports: [{ name: 'u', backend: new MemoryBackend(MiB) }] });
+    assert.equal(await server.listen({ path: sock }), sock);
+    t.after(() => server.close());
+    const c = await connect(t, { path: sock });
+    await c.write(5, Buffer.from('unix'));
+    assert.equal((await c.read(5, 4)).toString(), 'unix');
+    await c.disconnect();
+  });
+
   test('many clients with many requests in flight each see their own data', async (t) => {
     const { opts } = await serve(t, { maxInFlight: 8 });
     const clients = await Promise.all(Array.from({ length: 6 }, () => connect(t, opts)));
