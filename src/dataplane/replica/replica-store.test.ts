@@ -1,0 +1,202 @@
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { afterEach, describe, test } from 'node:test';
+import type { Change, DiskSpec } from '../changes.js';
+import { ReplicaError } from './errors.js';
+import { ReplicaStore } from './replica-store.js';
+import { ChangeGenerator, DiskModel, tempDir } from './test-support.js';
+
+const DISKS: DiskSpec[] = [
+  { id: 'disk-0', sizeBytes: 512 * 1024 + 777 },
+  { id: 'disk-1', sizeBytes: 300 * 1024 },
+];
+
+const dirs: string[] = [];
+function dir(): string {
+  const d = tempDir();
+  dirs.push(d);
+  return d;
+}
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+async function assertPoint(store: ReplicaStore, model: DiskModel, pointId: string): Promise<void> {
+  for (const d of DISKS) {
+    const view = await store.openView(d.id, pointId);
+    try {
+      const got = await view.read(0, d.sizeBytes);
+      const want = model.atPoint.get(pointId)!.get(d.id)!;
+      assert.ok(got.equals(want), `disk ${d.id} at point ${pointId} differs from the model`);
+    } finally {
+      await view.close();
+    }
+  }
+}
+
+function rejectsWith(code: string): (err: unknown) => boolean {
+  return (err) => err instanceof ReplicaError && err.code === code;
+}
+
+describe('ReplicaStore', () => {
+  test('receive is durable, idempotent for old seqs, and refuses gaps and bad ranges', async () => {
+    const d = dir();
+    const gen = new ChangeGenerator({ disks: DISKS, seed: 1 });
+    const changes = gen.next(30);
+    let store = await ReplicaStore.open(d, { disks: DISKS });
+    assert.equal(store.lastReceivedSeq(), 0);
+    await store.receive(changes.slice(0, 20));
+    await store.receive(changes.slice(10, 25)); // overlap: 11..20 ignored
+    assert.equal(store.lastReceivedSeq(), 25);
+    await assert.rejects(store.receive(changes.slice(26, 28)), rejectsWith('SEQUENCE_GAP'));
+    await assert.rejects(
+      store.receive([{ kind: 'write', seq: 26, time: 1, diskId: 'nope', offset: 0, data: Buffer.alloc(1) }]),
+      rejectsWith('INVALID_CHANGE'),
+    );
+    await assert.rejects(
+      store.receive([
+        { kind: 'zero', seq: 26, time: 1, diskId: 'disk-1', offset: 300 * 1024 - 1, length: 2 },
+      ]),
+      rejectsWith('INVALID_CHANGE'),
+    );
+    assert.equal(store.lastReceivedSeq(), 25);
+    await store.close();
+    store = await ReplicaStore.open(d, { disks: DISKS });
+    assert.equal(store.lastReceivedSeq(), 25);
+    assert.equal(store.status().pendingChanges, 25);
+    await store.receive(changes.slice(25));
+    assert.equal(store.lastReceivedSeq(), 30);
+    await store.close();
+    await assert.rejects(ReplicaStore.open(d, { disks: [DISKS[0]!] }), rejectsWith('DISKS_MISMATCH'));
+  });
+
+  test('processed markers become points whose views equal the model; pending markers are flagged', async () => {
+    const d = dir();
+    const gen = new ChangeGenerator({ disks: DISKS, seed: 2 });
+    const model = new DiskModel(DISKS);
+    const store = await ReplicaStore.open(d, { disks: DISKS, batchChanges: 7 });
+    try {
+      const changes = [...gen.next(60), gen.marker('app-consistent'), ...gen.next(20)];
+      changes.forEach((c) => model.apply(c));
+      await store.receive(changes);
+      const markers = changes.filter((c) => c.kind === 'marker');
+      assert.ok(store.points().every((p) => p.pending));
+      assert.equal(store.points().length, markers.length);
+      await store.process({ uptoSeq: 40 });
+      assert.equal(store.lastProcessedSeq(), 40);
+      await store.process();
+      assert.equal(store.lastProcessedSeq(), 81);
+      assert.equal(store.points().filter((p) => !p.pending).length, markers.length);
+      for (const p of store.points()) await assertPoint(store, model, p.id);
+      assert.equal(
+        store.latestProcessed('app-consistent')?.id,
+        markers.at(-1)!.kind === 'marker' ? (markers.at(-1) as { pointId: string }).pointId : '',
+      );
+      const st = store.status();
+      assert.equal(st.pendingChanges, 0);
+      assert.equal(st.lastReceivedSeq, 81);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test('cutLatest processes everything and cuts a point equal to all received changes', async () => {
+    const d = dir();
+    const gen = new ChangeGenerator({ disks: DISKS, seed: 3, markerRate: 0 });
+    const model = new DiskModel(DISKS);
+    const store = await ReplicaStore.open(d, { disks: DISKS });
+    try {
+      const changes = gen.next(40);
+      changes.forEach((c) => model.apply(c));
+      await store.receive(changes);
+      const p = await store.cutLatest();
+      assert.equal(p.seq, 41);
+      model.snapshotAs(p.id, p.seq);
+      await assertPoint(store, model, p.id);
+      assert.equal((await store.cutLatest()).id, p.id, 'nothing new: the same point');
+      // The next change from the source has seq 41: it must be saved as "after" the cut point.
+      const more = gen.next(10);
+      more.forEach((c) => model.apply(c));
+      await store.receive(more);
+      await store.process();
+      await assertPoint(store, model, p.id);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test('views stay stable while new changes are applied underneath', async () => {
+    const d = dir();
+    const gen = new ChangeGenerator({ disks: DISKS, seed: 4, markerRate: 0 });
+    const model = new DiskModel(DISKS);
+    const store = await ReplicaStore.open(d, { disks: DISKS, batchChanges: 3 });
+    try {
+      const first = [...gen.next(30), gen.marker()];
+      first.forEach((c) => model.apply(c));
+      await store.receive(first);
+      await store.process();
+      const pointId = (first.at(-1) as { pointId: string }).pointId;
+      const views = await Promise.all(DISKS.map((x) => store.openView(x.id, pointId)));
+      const more = gen.next(300);
+      await store.receive(more);
+      store.startProcessor();
+      let reads = 0;
+      while (store.lastProcessedSeq() < store.lastReceivedSeq() || reads < 20) {
+        for (const [i, v] of views.entries()) {
+          const spec = DISKS[i]!;
+          const len = 1 + ((reads * 7919) % spec.sizeBytes);
+          const off = (reads * 104729) % (spec.sizeBytes - len + 1);
+          const got = await v.read(off, len);
+          const want = model.atPoint
+            .get(pointId)!
+            .get(spec.id)!
+            .subarray(off, off + len);
+          assert.ok(got.equals(want), `read ${reads} of ${spec.id} at ${off}+${len} changed under the view`);
+        }
+        reads++;
+        if (reads > 100_000) assert.fail('processor did not finish');
+      }
+      await store.stopProcessor();
+      for (const v of views) await v.close();
+      await assertPoint(store, model, pointId);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test('prune keeps the newest point and points in use, and the survivors stay exact', async () => {
+    const d = dir();
+    const gen = new ChangeGenerator({ disks: DISKS, seed: 5, markerRate: 0 });
+    const model = new DiskModel(DISKS);
+    const store = await ReplicaStore.open(d, { disks: DISKS, undoSegmentBytes: 64 * 1024, batchChanges: 10 });
+    try {
+      const all: Change[] = [];
+      for (let i = 0; i < 6; i++) all.push(...gen.next(15), gen.marker());
+      all.forEach((c) => model.apply(c));
+      await store.receive(all);
+      await store.process();
+      const pts = store.points();
+      assert.equal(pts.length, 6);
+      const inUse = await store.openView('disk-0', pts[1]!.id);
+      const undoBefore = store.status().undoBytes;
+      await store.prune(new Date(pts[4]!.time + 1), 0);
+      assert.deepEqual(
+        store.points().map((p) => p.id),
+        pts.slice(1).map((p) => p.id),
+        'the point in use (and newer) survive',
+      );
+      await inUse.close();
+      await store.prune(new Date(pts[4]!.time + 1), 0);
+      assert.deepEqual(
+        store.points().map((p) => p.id),
+        pts.slice(5).map((p) => p.id),
+      );
+      assert.ok(store.status().undoBytes < undoBefore, 'undo segments were freed');
+      await store.prune(new Date(pts[5]!.time + 10_000_000), 0);
+      assert.equal(store.points().length, 1, 'the newest point is always kept');
+      await assertPoint(store, model, pts[5]!.id);
+    } finally {
+      await store.close();
+    }
+  });
+});

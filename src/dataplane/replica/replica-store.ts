@@ -1,0 +1,864 @@
+import { randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Change, DiskSpec, MarkerType, WriteChange, ZeroChange } from '../changes.js';
+import type { BlockBackend, Extent, WriteOptions, ZeroOptions } from '../nbd/backend.js';
+import { NbdError } from '../nbd/errors.js';
+import { FileBackend } from '../nbd/file-backend.js';
+import { NbdErrno } from '../nbd/protocol.js';
+import { ReplicaError } from './errors.js';
+import { Mutex } from './fs-util.js';
+import { Overlay, type OverlayOptions } from './overlay.js';
+import { PendingLog } from './pending-log.js';
+import { readState, writeState, type CommitIntent, type ReplicaState } from './state-file.js';
+import { UndoLog, type RecoveryPointInfo, type UndoInput } from './undo-log.js';
+import { ReplicaView } from './view.js';
+
+export type { RecoveryPointInfo } from './undo-log.js';
+
+/** Options of `ReplicaStore.open`. */
+export interface ReplicaStoreOptions {
+  /** The disks of the replication group; fixed when the store is created, checked on every later open. */
+  readonly disks: readonly DiskSpec[];
+  /** Wall clock in ms (status ages, time of "Latest" points when nothing was received). Default `Date.now`. */
+  readonly clock?: () => number;
+  /** At most this many changes per apply batch (one undo fsync, one base fsync, one state write). Default 4096. */
+  readonly batchChanges?: number;
+  /** Apply batches stop after about this many record bytes. Default 16 MiB. */
+  readonly batchBytes?: number;
+  /** Pending-log segment size at which a new segment starts. Default 64 MiB. */
+  readonly pendingSegmentBytes?: number;
+  /** Undo-log segment size at which a new segment starts. Default 64 MiB. */
+  readonly undoSegmentBytes?: number;
+  /** Old bytes of one change are saved in records of at most this size. Default 1 MiB. */
+  readonly undoChunkBytes?: number;
+  /** Idle wait of the background processor between checks when nothing is pending. Default 200 ms. */
+  readonly processorIdleMs?: number;
+  /** Status health: Warning when the newest point is older than this (ms). Default 15 min. */
+  readonly rpoWarningMs?: number;
+  /** Status health: Critical when the newest point is older than this (ms). Default 30 min. */
+  readonly rpoCriticalMs?: number;
+}
+
+/** Options of `process`. */
+export interface ProcessOptions {
+  /** Stop after this seq (default: everything received). */
+  readonly uptoSeq?: number;
+  /** Stops between batches. */
+  readonly signal?: AbortSignal;
+}
+
+/** Replica health hint for the control plane (its `domain` decides the item's final health). */
+export type ReplicaHealth = 'Normal' | 'Warning' | 'Critical';
+
+/** Recovery-side replication status (issue 4 item 7). */
+export interface ReplicaStatus {
+  readonly lastReceivedSeq: number;
+  readonly lastProcessedSeq: number;
+  /** Changes received and not yet applied, and the bytes they carry or cover. */
+  readonly pendingChanges: number;
+  readonly pendingBytes: number;
+  /** Bytes of undo log on disk (the cost of the retained history). */
+  readonly undoBytes: number;
+  /** Number of processed recovery points. */
+  readonly points: number;
+  readonly newestPoint?: RecoveryPointInfo;
+  readonly newestAppConsistentPoint?: RecoveryPointInfo;
+  /** Age of the newest point in ms (RPO), when there is one. */
+  readonly newestPointAgeMs?: number;
+  /** Source time of the last applied change (ms), when there is one. */
+  readonly lastProcessedTime?: number;
+  readonly processorRunning: boolean;
+  /** Set once a failover was committed on this store. */
+  readonly committed?: { readonly pointId: string; readonly time: number };
+  readonly health: ReplicaHealth;
+  readonly healthReason: string;
+}
+
+interface DiskState {
+  readonly spec: DiskSpec;
+  readonly base: FileBackend;
+}
+
+const STATE_FILE = 'state.osr';
+
+/**
+ * The replica of one replication group at the recovery site (DESIGN §2.3–2.5): received changes land in a
+ * durable pending log; a processor applies them in seq order to the base images, saving every overwritten byte to
+ * the undo log first, so the base is always at "latest processed" and any retained recovery point is the base
+ * with newer undo records rolled back. Views (read-only) and overlays (writable, sparse) at a point are served
+ * while replication continues; commit flattens an overlay and its view into the base.
+ *
+ * Crash safety: every apply batch is (1) undo records fdatasynced, (2) base written and fdatasynced, (3) the
+ * state file (applied seq) replaced atomically. After a kill -9 anywhere, `open` redoes changes past the applied
+ * seq, reusing undo records that already reached the log (they hold the bytes from before the first attempt), so
+ * nothing is applied twice in effect and no old byte is lost.
+ */
+export class ReplicaStore {
+  /** The store's folder. */
+  readonly dir: string;
+  private readonly clock: () => number;
+  private readonly opts: Required<Omit<ReplicaStoreOptions, 'clock' | 'disks'>>;
+  private readonly disks = new Map<string, DiskState>();
+  private readonly pending: PendingLog;
+  private readonly undo: UndoLog;
+  private state: ReplicaState;
+  /** Seq of the last change whose base write completed (ahead of `state.appliedSeq` during a batch). */
+  private appliedInMemory: number;
+  private lastAppliedTime: number | undefined;
+  private readonly processLock = new Mutex();
+  private readonly receiveLock = new Mutex();
+  private readonly viewUsers = new Map<string, number>();
+  private readonly openViews = new Set<ReplicaView>();
+  private processor: { stop: AbortController; done: Promise<void>; wake: () => void } | undefined;
+  private processorError: Error | undefined;
+  private closed = false;
+
+  private constructor(
+    dir: string,
+    options: ReplicaStoreOptions,
+    state: ReplicaState,
+    disks: DiskState[],
+    pending: PendingLog,
+    undo: UndoLog,
+  ) {
+    this.dir = dir;
+    this.clock = options.clock ?? Date.now;
+    this.opts = {
+      batchChanges: options.batchChanges ?? 4096,
+      batchBytes: options.batchBytes ?? 16 * 1024 * 1024,
+      pendingSegmentBytes: options.pendingSegmentBytes ?? 64 * 1024 * 1024,
+      undoSegmentBytes: options.undoSegmentBytes ?? 64 * 1024 * 1024,
+      undoChunkBytes: options.undoChunkBytes ?? 1024 * 1024,
+      processorIdleMs: options.processorIdleMs ?? 200,
+      rpoWarningMs: options.rpoWarningMs ?? 15 * 60_000,
+      rpoCriticalMs: options.rpoCriticalMs ?? 30 * 60_000,
+    };
+    this.state = state;
+    this.appliedInMemory = state.appliedSeq;
+    for (const d of disks) this.disks.set(d.spec.id, d);
+    this.pending = pending;
+    this.undo = undo;
+  }
+
+  /**
+   * Opens the store in `dir`, creating it (sparse base images of the given sizes) when empty. Reopening checks the
+   * disks match, truncates torn tails of the logs, and finishes an interrupted commit. Damaged files are refused
+   * with `REPLICA_CORRUPT`.
+   */
+  static async open(dir: string, options: ReplicaStoreOptions): Promise<ReplicaStore> {
+    fs.mkdirSync(path.join(dir, 'disks'), { recursive: true });
+    const stateFile = path.join(dir, STATE_FILE);
+    let state = readState(stateFile);
+    if (!state) {
+      validateDisks(options.disks);
+      for (const d of options.disks) {
+        const fd = fs.openSync(diskFile(dir, d.id), 'w');
+        try {
+          fs.ftruncateSync(fd, d.sizeBytes);
+          fs.fsyncSync(fd);
+        } finally {
+          fs.closeSync(fd);
+        }
+      }
+      state = {
+        disks: options.disks.map((d) => ({ id: d.id, sizeBytes: d.sizeBytes })),
+        appliedSeq: 0,
+        undoEnd: [0, 0],
+        floorSeq: 0,
+      };
+      // Created last: a folder without a state file is an unfinished creation and is created again.
+      writeState(stateFile, state);
+    } else {
+      checkDisks(state.disks, options.disks);
+    }
+    const opened: DiskState[] = [];
+    let pending: PendingLog | undefined;
+    let undo: UndoLog | undefined;
+    try {
+      for (const spec of state.disks) {
+        opened.push({ spec, base: await FileBackend.open(diskFile(dir, spec.id)) });
+      }
+      pending = PendingLog.open(
+        path.join(dir, 'pending'),
+        state.appliedSeq,
+        options.pendingSegmentBytes ?? 64 * 1024 * 1024,
+      );
+      undo = UndoLog.open(path.join(dir, 'undo'), {
+        diskIds: state.disks.map((d) => d.id),
+        undoEnd: state.undoEnd,
+        floorSeq: state.floorSeq,
+        appliedSeq: state.appliedSeq,
+        segmentBytes: options.undoSegmentBytes ?? 64 * 1024 * 1024,
+      });
+    } catch (err) {
+      pending?.close();
+      undo?.close();
+      for (const d of opened) await d.base.close();
+      throw err;
+    }
+    const store = new ReplicaStore(dir, options, state, opened, pending, undo);
+    if (state.commitIntent) await store.finishCommit(state.commitIntent, []);
+    return store;
+  }
+
+  /** Highest seq durably received: the transport resumes the stream after it. */
+  lastReceivedSeq(): number {
+    return this.pending.lastReceivedSeq();
+  }
+
+  /** Highest seq applied to the base. */
+  lastProcessedSeq(): number {
+    return this.appliedInMemory;
+  }
+
+  /**
+   * Makes `changes` durable as pending and resolves once they are on stable storage (the transport acknowledges
+   * only then). Changes with seq <= `lastReceivedSeq()` are ignored (a resend after a reconnect); the rest must
+   * continue the stream without a gap (`SEQUENCE_GAP`) and name known disks and ranges (`INVALID_CHANGE`).
+   * Nothing of a refused batch is kept.
+   */
+  receive(changes: readonly Change[]): Promise<void> {
+    return this.receiveLock.run(async () => {
+      this.assertOpen();
+      if (this.state.committed)
+        throw new ReplicaError('COMMITTED', 'the replica was committed; it no longer receives');
+      let expect = this.pending.lastReceivedSeq() + 1;
+      const fresh: Change[] = [];
+      for (const c of changes) {
+        if (c.seq < expect && fresh.length === 0) continue;
+        if (c.seq !== expect) {
+          throw new ReplicaError('SEQUENCE_GAP', `expected seq ${expect}, got ${c.seq}`);
+        }
+        this.validate(c);
+        fresh.push(c);
+        expect++;
+      }
+      await this.pending.append(fresh);
+      if (fresh.length > 0) this.processor?.wake();
+    });
+  }
+
+  /**
+   * Applies pending changes to the base images in seq order, in batches, and resolves with the last processed seq.
+   * Each batch saves the bytes it overwrites to the undo log durably first; markers become recovery points.
+   */
+  process(options: ProcessOptions = {}): Promise<number> {
+    return this.processLock.run(async () => {
+      this.assertOpen();
+      if (this.state.committed) return this.appliedInMemory;
+      for (;;) {
+        if (options.signal?.aborted) break;
+        const limit = Math.min(options.uptoSeq ?? Number.MAX_SAFE_INTEGER, this.pending.lastReceivedSeq());
+        if (this.appliedInMemory >= limit) break;
+        const batch = await this.pending.read(limit, this.opts.batchChanges, this.opts.batchBytes);
+        if (batch.length === 0) break;
+        await this.applyBatch(batch);
+      }
+      return this.appliedInMemory;
+    });
+  }
+
+  /** Starts applying in the background as changes arrive (until `stopProcessor` or `close`). */
+  startProcessor(): void {
+    this.assertOpen();
+    if (this.processor) return;
+    const stop = new AbortController();
+    let wake: () => void = () => undefined;
+    const loop = async (): Promise<void> => {
+      while (!stop.signal.aborted) {
+        const before = this.appliedInMemory;
+        await this.process({ signal: stop.signal });
+        if (stop.signal.aborted) break;
+        if (this.appliedInMemory === before && this.pending.lastReceivedSeq() <= this.appliedInMemory) {
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, this.opts.processorIdleMs);
+            wake = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+            stop.signal.addEventListener('abort', wake, { once: true });
+          });
+        }
+      }
+    };
+    const done = loop().catch((err: unknown) => {
+      // Kept for `status()` and rethrown by `stopProcessor()`: the processor never fails silently.
+      this.processorError = err instanceof Error ? err : new Error(String(err));
+    });
+    this.processor = { stop, done, wake: () => wake() };
+  }
+
+  /** Stops the background processor after its current batch; rethrows the error it stopped on, if any. */
+  async stopProcessor(): Promise<void> {
+    const p = this.processor;
+    if (!p) return;
+    p.stop.abort();
+    p.wake();
+    await p.done;
+    this.processor = undefined;
+    const err = this.processorError;
+    this.processorError = undefined;
+    if (err !== undefined) throw err;
+  }
+
+  /** Processed recovery points (oldest first), then markers received but not yet processed (`pending: true`). */
+  points(): RecoveryPointInfo[] {
+    const done = [...this.undo.points()];
+    for (const e of this.pending.pending()) {
+      if (e.kind === 'marker' && e.seq > this.appliedInMemory) {
+        done.push({ id: e.pointId!, seq: e.seq, time: e.time, type: e.markerType!, pending: true });
+      }
+    }
+    return done;
+  }
+
+  /** The newest processed point ("Latest processed", R-FO-2), optionally of one type; no waiting. */
+  latestProcessed(type?: MarkerType): RecoveryPointInfo | undefined {
+    const list = this.undo.points();
+    for (let i = list.length - 1; i >= 0; i--) {
+      const p = list[i]!;
+      if (type === undefined || p.type === type) return p;
+    }
+    return undefined;
+  }
+
+  /**
+   * "Latest" (R-FO-2): processes everything received so far, then cuts a point holding every received change.
+   * When the newest point already holds exactly that (and has the asked type) it is returned instead.
+   */
+  async cutLatest(type: MarkerType = 'crash-consistent'): Promise<RecoveryPointInfo> {
+    const upto = this.lastReceivedSeq();
+    await this.process({ uptoSeq: upto });
+    return this.processLock.run(async () => {
+      this.assertOpen();
+      if (this.state.committed)
+        throw new ReplicaError('COMMITTED', 'the replica was committed; it keeps no points');
+      const seq = this.appliedInMemory + 1;
+      const newest = this.undo.points().at(-1);
+      // Nothing but markers since the newest point: it already holds every received change.
+      if (newest && newest.type === type && this.undo.lastChangeSeq() < newest.seq) {
+        return newest;
+      }
+      const pointId = `latest-${randomUUID()}`;
+      await this.undo.append([
+        { kind: 'point', seq, time: this.lastAppliedTime ?? this.clock(), pointId, markerType: type },
+      ]);
+      this.undo.applied(this.appliedInMemory);
+      this.saveState({});
+      return this.undo.points().at(-1)!;
+    });
+  }
+
+  /**
+   * Drops points older than `retentionMs` before `now` (R-POL-2) and the undo records only they needed. The
+   * newest point is always kept, and so is every point a view or overlay is open on (and every newer one).
+   */
+  prune(now: Date, retentionMs: number): Promise<void> {
+    return this.processLock.run(() => {
+      this.assertOpen();
+      const cutoff = now.getTime() - retentionMs;
+      const list = this.undo.points();
+      let floor: number;
+      if (list.length === 0) {
+        floor = this.appliedInMemory + 1;
+      } else {
+        let i = 0;
+        while (i < list.length - 1 && list[i]!.time < cutoff && !this.viewUsers.has(list[i]!.id)) i++;
+        floor = list[i]!.seq;
+      }
+      if (floor > this.state.floorSeq) {
+        // Durable first: after a crash the files left behind are skipped, never half-trusted.
+        this.saveState({ floorSeq: floor });
+        this.undo.prune(floor);
+      }
+      return Promise.resolve();
+    });
+  }
+
+  /** Opens a read-only view of `diskId` at a processed point (served while replication continues). */
+  openView(diskId: string, pointId: string): Promise<ReplicaView> {
+    this.assertOpen();
+    const disk = this.getDisk(diskId);
+    const point = this.undo.points().find((p) => p.id === pointId);
+    if (!point) {
+      const pend = this.points().some((p) => p.id === pointId);
+      throw new ReplicaError(
+        'POINT_NOT_FOUND',
+        pend ? `point ${pointId} is not processed yet` : `no point ${pointId}`,
+      );
+    }
+    const index = this.undo.indexes.get(diskId)!;
+    const view: ReplicaView = new ReplicaView(
+      {
+        size: disk.spec.sizeBytes,
+        index,
+        readBase: (offset, length, into) => disk.base.read(offset, length, into),
+        release: () => {
+          this.openViews.delete(view);
+          const n = (this.viewUsers.get(pointId) ?? 1) - 1;
+          if (n <= 0) this.viewUsers.delete(pointId);
+          else this.viewUsers.set(pointId, n);
+        },
+      },
+      point.id,
+      point.seq,
+    );
+    this.openViews.add(view);
+    this.viewUsers.set(pointId, (this.viewUsers.get(pointId) ?? 0) + 1);
+    return Promise.resolve(view);
+  }
+
+  /**
+   * Opens the writable overlay in `options` on `diskId` at `pointId`, creating it when it does not exist (an
+   * existing one is reopened with everything it flushed; `OVERLAY_MISMATCH` when it is of another disk/point).
+   */
+  createOverlay(diskId: string, pointId: string, options: OverlayOptions): Promise<Overlay> {
+    this.assertOpen();
+    this.getDisk(diskId);
+    return Overlay.open(this, diskId, pointId, options);
+  }
+
+  /** Reopens an existing overlay at whatever point it is on now (after a restart, following a `swapView`). */
+  openOverlay(diskId: string, options: OverlayOptions): Promise<Overlay> {
+    this.assertOpen();
+    this.getDisk(diskId);
+    return Overlay.open(this, diskId, undefined, options);
+  }
+
+  /**
+   * Commit (R-FO-8): makes the base of every disk equal to its view at the overlays' point plus the overlay's
+   * writes (disks without an overlay become their view), discards pending changes, drops every recovery point
+   * and all undo records, then closes and deletes the overlays. Afterwards the base is the failed-over disk
+   * (`openBase`), and the store refuses `receive`. Stops the processor first. Refused with `IN_USE` while any
+   * view other than the overlays' own is open. Crash-safe: an interrupted commit is finished by `open`.
+   */
+  async commit(overlays: readonly Overlay[]): Promise<void> {
+    this.assertOpen();
+    if (overlays.length === 0) throw new ReplicaError('INVALID_CHANGE', 'commit needs at least one overlay');
+    const pointId = overlays[0]!.pointId;
+    const seen = new Set<string>();
+    for (const o of overlays) {
+      if (o.pointId !== pointId)
+        throw new ReplicaError('INVALID_CHANGE', 'overlays of a commit must share one point');
+      if (seen.has(o.diskId)) throw new ReplicaError('INVALID_CHANGE', `two overlays for disk ${o.diskId}`);
+      seen.add(o.diskId);
+    }
+    await this.stopProcessor();
+    await this.processLock.run(async () => {
+      this.assertOpen();
+      if (this.state.committed) throw new ReplicaError('COMMITTED', 'already committed');
+      if (this.openViews.size > overlays.length) {
+        throw new ReplicaError(
+          'IN_USE',
+          `${this.openViews.size - overlays.length} other view(s) or overlay(s) are open`,
+        );
+      }
+      const point = this.undo.points().find((p) => p.id === pointId);
+      if (!point) throw new ReplicaError('POINT_NOT_FOUND', `no point ${pointId}`);
+      const intent: CommitIntent = {
+        pointId,
+        pointSeq: point.seq,
+        overlays: overlays.map((o) => ({ diskId: o.diskId, dir: o.options.dir, name: o.options.name })),
+      };
+      for (const o of overlays) await o.flush();
+      // Durable before the base changes: from here on, open() finishes the commit if we die.
+      this.saveState({ commitIntent: intent });
+      await this.flatten(intent, overlays);
+      this.finalizeCommit(intent);
+    });
+    for (const o of overlays) await o.destroy();
+  }
+
+  /**
+   * The base image of a disk as a backend: read-only while the store replicates (it is "latest processed"),
+   * writable after a commit (it is then the failed-over disk). `close()` of the returned backend only flushes;
+   * the store owns the file.
+   */
+  openBase(diskId: string): BlockBackend {
+    this.assertOpen();
+    return new BaseDisk(this.getDisk(diskId).base, !this.state.committed);
+  }
+
+  /** Status for the control plane (issue 4 item 7). */
+  status(): ReplicaStatus {
+    const points = this.undo.points();
+    const newest = points.at(-1);
+    const app = this.latestProcessed('app-consistent');
+    const now = this.clock();
+    const age = newest ? Math.max(0, now - newest.time) : undefined;
+    let health: ReplicaHealth = 'Normal';
+    let reason = 'Replicating; recovery points are current.';
+    if (this.processorError !== undefined) {
+      health = 'Critical';
+      reason = `The processor stopped: ${this.processorError.message}`;
+    } else if (this.state.committed) {
+      reason = 'Failover committed; this replica no longer replicates.';
+    } else if (!newest) {
+      health = 'Warning';
+      reason = 'No recovery point yet (initial replication may still be running).';
+    } else if (age! >= this.opts.rpoCriticalMs) {
+      health = 'Critical';
+      reason = `The newest recovery point is ${Math.round(age! / 1000)} s old.`;
+    } else if (age! >= this.opts.rpoWarningMs) {
+      health = 'Warning';
+      reason = `The newest recovery point is ${Math.round(age! / 1000)} s old.`;
+    }
+    const pendingChanges = this.pending.pending().filter((e) => e.seq > this.appliedInMemory).length;
+    return {
+      lastReceivedSeq: this.lastReceivedSeq(),
+      lastProcessedSeq: this.appliedInMemory,
+      pendingChanges,
+      pendingBytes: this.pending.bytes(),
+      undoBytes: this.undo.bytes(),
+      points: points.length,
+      ...(newest ? { newestPoint: newest, newestPointAgeMs: age } : {}),
+      ...(app ? { newestAppConsistentPoint: app } : {}),
+      ...(this.lastAppliedTime !== undefined ? { lastProcessedTime: this.lastAppliedTime } : {}),
+      processorRunning: this.processor !== undefined,
+      ...(this.state.committed
+        ? { committed: { pointId: this.state.committed.pointId, time: this.state.committed.time } }
+        : {}),
+      health,
+      healthReason: reason,
+    };
+  }
+
+  /** Stops the processor, closes the files. Views and overlays must be closed by their owners first. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    let stopError: Error | undefined;
+    try {
+      await this.stopProcessor();
+    } catch (err) {
+      stopError = err instanceof Error ? err : new Error(String(err));
+    }
+    await this.processLock.run(async () => {
+      this.closed = true;
+      for (const v of [...this.openViews]) await v.close();
+      this.pending.close();
+      this.undo.close();
+      for (const d of this.disks.values()) await d.base.close();
+    });
+    if (stopError !== undefined) throw stopError;
+  }
+
+  private async applyBatch(batch: readonly Change[]): Promise<void> {
+    const inputs: UndoInput[] = [];
+    const applied: Array<WriteChange | ZeroChange> = [];
+    for (const c of batch) {
+      if (c.kind === 'marker') {
+        if (!this.undo.hasPointRecord(c.pointId)) {
+          inputs.push({
+            kind: 'point',
+            seq: c.seq,
+            time: c.time,
+            pointId: c.pointId,
+            markerType: c.markerType,
+          });
+        }
+      } else if (!this.undo.hasRecordsFor(c.seq)) {
+        await this.saveOldBytes(c, applied, inputs);
+      }
+      if (c.kind !== 'marker') applied.push(c);
+    }
+    await this.undo.append(inputs);
+    const touched = new Set<FileBackend>();
+    for (const c of applied) {
+      const disk = this.disks.get(c.diskId)!;
+      if (c.kind === 'write') await disk.base.write(c.offset, c.data);
+      else await disk.base.writeZeroes(c.offset, c.length);
+      touched.add(disk.base);
+    }
+    const last = batch[batch.length - 1]!;
+    this.appliedInMemory = last.seq;
+    if (applied.length > 0) this.lastAppliedTime = applied[applied.length - 1]!.time;
+    this.undo.applied(last.seq);
+    // The base must be durable before the state says it is applied: otherwise a crash could lose base bytes
+    // whose pending records are about to be deleted.
+    for (const b of touched) await b.flush();
+    this.saveState({ appliedSeq: last.seq });
+    this.pending.dropUpTo(last.seq);
+  }
+
+  /**
+   * Saves what `c` will overwrite: the base bytes as they will be once the earlier changes of the same batch
+   * (`earlier`, not yet written) are applied, in chunks; all-zero chunks become zero-old records without data.
+   */
+  private async saveOldBytes(
+    c: WriteChange | ZeroChange,
+    earlier: ReadonlyArray<WriteChange | ZeroChange>,
+    out: UndoInput[],
+  ): Promise<void> {
+    const disk = this.disks.get(c.diskId)!;
+    const length = c.kind === 'write' ? c.data.length : c.length;
+    if (length === 0) return;
+    const chunk = this.opts.undoChunkBytes;
+    const overlapping = earlier.filter(
+      (e) => e.diskId === c.diskId && e.offset < c.offset + length && e.offset + changeLength(e) > c.offset,
+    );
+    const start = out.length;
+    for (let a = c.offset; a < c.offset + length; a += chunk) {
+      const n = Math.min(chunk, c.offset + length - a);
+      const touchedByBatch = overlapping.some((e) => e.offset < a + n && e.offset + changeLength(e) > a);
+      let old: Buffer | undefined;
+      if (touchedByBatch || !disk.base.map.isZero(a, n)) {
+        old = await disk.base.read(a, n);
+        for (const e of overlapping) patch(old, a, e);
+        if (isAllZero(old)) old = undefined;
+      }
+      const prev = out[out.length - 1];
+      if (!old && out.length > start && prev?.kind === 'zero' && prev.offset + prev.length === a) {
+        out[out.length - 1] = { ...prev, length: prev.length + n };
+      } else if (old) {
+        out.push({
+          kind: 'data',
+          seq: c.seq,
+          time: c.time,
+          diskId: c.diskId,
+          offset: a,
+          data: old,
+          last: false,
+        });
+      } else {
+        out.push({
+          kind: 'zero',
+          seq: c.seq,
+          time: c.time,
+          diskId: c.diskId,
+          offset: a,
+          length: n,
+          last: false,
+        });
+      }
+    }
+    const lastInput = out[out.length - 1]!;
+    if (lastInput.kind !== 'point') out[out.length - 1] = { ...lastInput, last: true };
+  }
+
+  private async flatten(intent: CommitIntent, given: readonly Overlay[]): Promise<void> {
+    const opened: Overlay[] = [];
+    try {
+      for (const disk of this.disks.values()) {
+        const index = this.undo.indexes.get(disk.spec.id)!;
+        // The point's bytes where they differ from the base come only from undo records, which commit never
+        // changes, so redoing this after a crash writes the same bytes again.
+        const view = new ReplicaView(
+          {
+            size: disk.spec.sizeBytes,
+            index,
+            readBase: (o, l, into) => disk.base.read(o, l, into),
+            release: () => undefined,
+          },
+          intent.pointId,
+          intent.pointSeq,
+        );
+        for (const [a, b] of index.rangesAfter(intent.pointSeq - 1)) {
+          for (let pos = a; pos < b; pos += 4 * 1024 * 1024) {
+            const n = Math.min(4 * 1024 * 1024, b - pos);
+            await disk.base.write(pos, await view.read(pos, n));
+          }
+        }
+      }
+      for (const o of intent.overlays) {
+        let overlay = given.find((g) => g.diskId === o.diskId);
+        if (!overlay) {
+          overlay = await Overlay.open(this.flattenHost(intent), o.diskId, undefined, {
+            dir: o.dir,
+            name: o.name,
+          });
+          opened.push(overlay);
+        }
+        const base = this.getDisk(o.diskId).base;
+        for (const run of overlay.runs(0, overlay.size)) {
+          for (let pos = run.start; pos < run.end; pos += 4 * 1024 * 1024) {
+            const n = Math.min(4 * 1024 * 1024, run.end - pos);
+            if (run.state === 2) await base.write(pos, await overlay.readData(pos, n));
+            else if (run.state === 1) await base.writeZeroes(pos, n);
+          }
+        }
+      }
+      for (const d of this.disks.values()) await d.base.flush();
+    } finally {
+      for (const o of opened) await o.close();
+    }
+  }
+
+  /** During a commit redo at open, overlays are reopened on views built straight from the intent. */
+  private flattenHost(intent: CommitIntent): { openView(diskId: string): Promise<ReplicaView> } {
+    return {
+      openView: (diskId: string) => {
+        const disk = this.getDisk(diskId);
+        return Promise.resolve(
+          new ReplicaView(
+            {
+              size: disk.spec.sizeBytes,
+              index: this.undo.indexes.get(diskId)!,
+              readBase: (o, l, into) => disk.base.read(o, l, into),
+              release: () => undefined,
+            },
+            intent.pointId,
+            intent.pointSeq,
+          ),
+        );
+      },
+    };
+  }
+
+  private finalizeCommit(intent: CommitIntent): void {
+    const last = Math.max(this.appliedInMemory, this.pending.lastReceivedSeq());
+    this.pending.discardAll(last);
+    const undoEnd = this.undo.dropAll();
+    this.appliedInMemory = last;
+    const { commitIntent: _drop, ...rest } = this.state;
+    this.state = {
+      ...rest,
+      appliedSeq: last,
+      undoEnd,
+      floorSeq: last + 1,
+      committed: { pointId: intent.pointId, pointSeq: intent.pointSeq, time: this.clock() },
+    };
+    writeState(path.join(this.dir, STATE_FILE), this.state);
+  }
+
+  private async finishCommit(intent: CommitIntent, given: readonly Overlay[]): Promise<void> {
+    await this.flatten(intent, given);
+    this.finalizeCommit(intent);
+    for (const o of intent.overlays) {
+      for (const suffix of ['.overlay', '.overlay-map'])
+        fs.rmSync(path.join(o.dir, `${o.name}${suffix}`), { force: true });
+    }
+  }
+
+  private saveState(patch: Partial<ReplicaState>): void {
+    this.state = { ...this.state, ...patch, undoEnd: this.undo.end() };
+    writeState(path.join(this.dir, STATE_FILE), this.state);
+  }
+
+  private validate(c: Change): void {
+    if (!Number.isSafeInteger(c.time)) throw new ReplicaError('INVALID_CHANGE', `seq ${c.seq}: bad time`);
+    if (c.kind === 'marker') {
+      if (!c.pointId) throw new ReplicaError('INVALID_CHANGE', `seq ${c.seq}: marker without a point id`);
+      return;
+    }
+    const disk = this.disks.get(c.diskId);
+    if (!disk) throw new ReplicaError('INVALID_CHANGE', `seq ${c.seq}: unknown disk ${c.diskId}`);
+    const len = changeLength(c);
+    if (!(
+      Number.isSafeInteger(c.offset) &&
+      c.offset >= 0 &&
+      len >= 0 &&
+      c.offset + len <= disk.spec.sizeBytes
+    )) {
+      throw new ReplicaError(
+        'INVALID_CHANGE',
+        `seq ${c.seq}: range ${c.offset}+${len} is outside disk ${c.diskId}`,
+      );
+    }
+  }
+
+  private getDisk(diskId: string): DiskState {
+    const d = this.disks.get(diskId);
+    if (!d) throw new ReplicaError('DISK_NOT_FOUND', `no disk ${diskId} in this replica`);
+    return d;
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new ReplicaError('CLOSED', 'the replica store is closed');
+  }
+}
+
+/** A base image lent out by `openBase`: the store keeps ownership of the file. */
+class BaseDisk implements BlockBackend {
+  readonly size: number;
+  readonly readOnly: boolean;
+  private readonly base: FileBackend;
+
+  constructor(base: FileBackend, readOnly: boolean) {
+    this.base = base;
+    this.size = base.size;
+    this.readOnly = readOnly;
+  }
+
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    return this.base.read(offset, length, into);
+  }
+
+  write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+    if (this.readOnly) return Promise.reject(new NbdError(NbdErrno.EPERM, 'the replica base is read-only'));
+    return this.base.write(offset, data, options);
+  }
+
+  writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
+    if (this.readOnly) return Promise.reject(new NbdError(NbdErrno.EPERM, 'the replica base is read-only'));
+    return this.base.writeZeroes(offset, length, options);
+  }
+
+  trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    if (this.readOnly) return Promise.reject(new NbdError(NbdErrno.EPERM, 'the replica base is read-only'));
+    return this.base.trim(offset, length, options);
+  }
+
+  flush(): Promise<void> {
+    return this.base.flush();
+  }
+
+  blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return this.base.blockStatus(offset, length);
+  }
+
+  close(): Promise<void> {
+    return this.base.flush();
+  }
+}
+
+function changeLength(c: WriteChange | ZeroChange): number {
+  return c.kind === 'write' ? c.data.length : c.length;
+}
+
+/** Applies an earlier change of the batch to `buf`, which holds the bytes at `bufOffset`. */
+function patch(buf: Buffer, bufOffset: number, e: WriteChange | ZeroChange): void {
+  const a = Math.max(bufOffset, e.offset);
+  const b = Math.min(bufOffset + buf.length, e.offset + changeLength(e));
+  if (a >= b) return;
+  if (e.kind === 'write') e.data.copy(buf, a - bufOffset, a - e.offset, b - e.offset);
+  else buf.fill(0, a - bufOffset, b - bufOffset);
+}
+
+const ZEROS = Buffer.alloc(64 * 1024);
+
+function isAllZero(b: Buffer): boolean {
+  for (let pos = 0; pos < b.length; pos += ZEROS.length) {
+    const n = Math.min(ZEROS.length, b.length - pos);
+    if (!b.subarray(pos, pos + n).equals(ZEROS.subarray(0, n))) return false;
+  }
+  return true;
+}
+
+function diskFile(dir: string, diskId: string): string {
+  return path.join(dir, 'disks', `${encodeURIComponent(diskId)}.img`);
+}
+
+function validateDisks(disks: readonly DiskSpec[]): void {
+  const ids = new Set<string>();
+  for (const d of disks) {
+    if (!d.id || ids.has(d.id))
+      throw new ReplicaError('DISKS_MISMATCH', `disk id "${d.id}" is empty or repeated`);
+    if (!Number.isSafeInteger(d.sizeBytes) || d.sizeBytes <= 0) {
+      throw new ReplicaError('DISKS_MISMATCH', `disk ${d.id}: bad size ${d.sizeBytes}`);
+    }
+    ids.add(d.id);
+  }
+}
+
+function checkDisks(have: readonly DiskSpec[], want: readonly DiskSpec[]): void {
+  const same =
+    have.length === want.length &&
+    have.every((d, i) => d.id === want[i]!.id && d.sizeBytes === want[i]!.sizeBytes);
+  if (!same) {
+    throw new ReplicaError(
+      'DISKS_MISMATCH',
+      `the replica holds disks ${JSON.stringify(have)}, not ${JSON.stringify(want)}`,
+    );
+  }
+}
