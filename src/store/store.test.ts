@@ -1092,6 +1092,24 @@ export function storeSuite(name: string, open: OpenStore): void {
         assert.equal((await s.jobs.get(b.id)).attempts, 1);
       }));
 
+    void it('jobs: releaseHeldBy frees only the given owner’s running jobs at once', () =>
+      withStore(open, async (s) => {
+        const v = await s.vaults.create({ name: 'v' });
+        const a = await s.jobs.create(newJob(v.id), at(0));
+        const b = await s.jobs.create(newJob(v.id), at(1));
+        await s.jobs.claim('server-1', 60_000, at(2));
+        await s.jobs.claim('server-2', 60_000, at(2));
+        assert.deepEqual(await s.jobs.releaseHeldBy('server-1', at(3)), [a.id]);
+        assert.deepEqual(await s.jobs.releaseHeldBy('server-1', at(3)), []);
+        const freed = await s.jobs.get(a.id);
+        assert.equal(freed.state, 'InProgress');
+        assert.equal(freed.attempts, 2);
+        await assert.rejects(s.jobs.renewLease(a.id, 'server-1', 5_000, at(4)), LeaseLostError);
+        const again = await s.jobs.claim('server-1', 60_000, at(4));
+        assert.equal(again?.id, a.id, 'claimable before its old lease would have expired');
+        await s.jobs.renewLease(b.id, 'server-2', 5_000, at(4));
+      }));
+
     void it('jobs: concurrent claimers on separate stores each take every job exactly once', () =>
       withStore(open, async (s, t) => {
         const v = await s.vaults.create({ name: 'v' });
@@ -1109,8 +1127,9 @@ export function storeSuite(name: string, open: OpenStore): void {
                 const job = await store.jobs.claim(`worker-${w}`, 60_000, at(1000));
                 if (job === undefined) return ids;
                 ids.push(job.id);
-                // A worker runs the job before claiming the next; yielding to the event loop stands for that.
-                await new Promise<void>((resolve) => setImmediate(resolve));
+                // A worker runs the job before claiming the next; a short pause stands for that and
+                // lets the other claimers (possibly backing off on a busy SQLite file) in.
+                await new Promise<void>((resolve) => setTimeout(resolve, 2));
               }
             }),
           );

@@ -317,6 +317,12 @@ export interface JobRepository {
    * is what makes stalled jobs visible and counted.
    */
   reapExpired(now: string): Promise<string[]>;
+  /**
+   * Makes every InProgress job leased by `owner` claimable at once (lease cleared,
+   * `attempts` + 1). A server calls it at start with its stable owner id, so jobs its
+   * previous, crashed incarnation held resume without waiting for their leases to expire.
+   */
+  releaseHeldBy(owner: string, now: string): Promise<string[]>;
 }
 
 /** Thrown when a worker acts on a job whose lease it no longer holds. */

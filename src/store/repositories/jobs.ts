@@ -355,6 +355,23 @@ export class KyselyJobRepository implements JobRepository {
     return rows.map((r) => r.id).sort();
   }
 
+  async releaseHeldBy(owner: string, now: string): Promise<string[]> {
+    const at = isoTime(now, 'now');
+    const rows = await this.ctx.db
+      .updateTable('jobs')
+      .set((eb) => ({
+        lease_owner: null,
+        lease_expires_at: null,
+        attempts: eb('attempts', '+', 1),
+        updated_at: at,
+      }))
+      .where('state', '=', 'InProgress')
+      .where('lease_owner', '=', owner)
+      .returning('id')
+      .execute();
+    return rows.map((r) => r.id).sort();
+  }
+
   private async fenced(
     id: string,
     owner: string,
