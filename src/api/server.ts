@@ -24,6 +24,8 @@ export const DEFAULT_VAULT_NAME = 'default';
 const DEFAULT_VAULT_SETTING = 'default-vault-id';
 /** File in the data folder holding the admin token (mode 0600). */
 export const ADMIN_TOKEN_FILE = 'admin-token';
+/** Default bound on waiting for running steps at close. */
+export const DEFAULT_STOP_TIMEOUT_MS = 5000;
 /** Default TCP port of the control plane. */
 export const DEFAULT_PORT = 7480;
 
@@ -46,6 +48,12 @@ export interface StartServerOptions {
   clock?: Clock;
   /** Jobs run at once by this server's engine (default 4). */
   concurrency?: number;
+  /**
+   * How long `close()` lets running job steps finish before abandoning them to their
+   * lease (default 5 s). Abandoned jobs resume after a restart, so a short wait keeps
+   * Ctrl-C responsive while a step waits on an agent.
+   */
+  stopTimeoutMs?: number;
 }
 
 /** A running control plane. */
@@ -115,6 +123,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
       store,
       clock,
       logger: logger.child({ part: 'jobs' }),
+      stopTimeoutMs: options.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS,
       ...(options.concurrency === undefined ? {} : { concurrency: options.concurrency }),
     });
     const channel = new AgentChannel({ store, clock });

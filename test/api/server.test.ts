@@ -14,6 +14,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { startServer, type StartServerOptions } from '../../src/api/server.js';
 import { testPostgresUrl } from '../../src/store/testing.js';
+import { snapshot } from './seed.js';
 
 interface Variant {
   name: string;
@@ -51,7 +52,13 @@ for (const v of variants()) {
   describe(`startServer over a real socket (${v.name})`, () => {
     it('serves the API, ends long-polls on close, and restarts with the same token and data', async () => {
       const dataDir = await mkdtemp(join(tmpdir(), 'osr-api-server-'));
-      const opts: StartServerOptions = { dataDir, port: 0, logLevel: 'silent', ...v.options() };
+      const opts: StartServerOptions = {
+        dataDir,
+        port: 0,
+        logLevel: 'silent',
+        stopTimeoutMs: 200,
+        ...v.options(),
+      };
       let server = await startServer(opts);
       try {
         assert.match(server.url, /^http:\/\/127\.0\.0\.1:\d+$/);
@@ -122,6 +129,55 @@ for (const v of variants()) {
           body: '{}',
         });
         assert.equal(hb.status, 200, 'the agent credential survived the restart');
+
+        // The real workflows behind the routes: protect answers 202 with a job, the
+        // item view serialises, the recovery agent's long-poll receives the job's
+        // command, and an operation outside allowedOperations is refused with 409.
+        const agentAuth = { authorization: `Bearer ${credential}`, 'content-type': 'application/json' };
+        const inv = await fetch(`${server.url}/api/v1/agent/inventory`, {
+          method: 'PUT',
+          headers: agentAuth,
+          body: JSON.stringify(snapshot(1)),
+        });
+        assert.equal(inv.status, 200);
+        const recovery = await registerOver(server.url, auth, 'recovery');
+        await fetch(`${server.url}/api/v1/agent/inventory`, {
+          method: 'PUT',
+          headers: recovery,
+          body: JSON.stringify(snapshot(0)),
+        });
+        const policy = await fetch(`${server.url}/api/v1/vaults/default/policies`, {
+          method: 'POST',
+          headers: auth,
+          body: JSON.stringify({ name: 'gold' }),
+        });
+        assert.equal(policy.status, 201);
+        const protect = await fetch(`${server.url}/api/v1/vaults/default/items`, {
+          method: 'POST',
+          headers: auth,
+          body: JSON.stringify({ machine: 'vm0', policy: 'gold', targetSite: 'recovery' }),
+        });
+        const protectBody = await json(protect);
+        assert.equal(protect.status, 202, JSON.stringify(protectBody));
+        const job = protectBody.job as { id: string };
+        assert.equal(protect.headers.get('location'), `/api/v1/jobs/${job.id}`);
+        const view = await fetch(`${server.url}/api/v1/vaults/default/items/vm0`, { headers: auth });
+        assert.equal(view.status, 200);
+        assert.ok(Array.isArray((await json(view)).allowedOperations));
+        const polled = await json(
+          await fetch(`${server.url}/api/v1/agent/commands?waitMs=10000`, { headers: recovery }),
+        );
+        assert.ok(
+          (polled.commands as unknown[]).length > 0,
+          'the enable job sent the recovery agent a command',
+        );
+        const commit = await fetch(`${server.url}/api/v1/vaults/default/items/vm0/commit`, {
+          method: 'POST',
+          headers: auth,
+          body: '{}',
+        });
+        assert.equal(commit.status, 409);
+        assert.equal(((await json(commit)).error as { code: string }).code, 'OPERATION_NOT_ALLOWED');
       } finally {
         await server.close();
         await rm(dataDir, { recursive: true, force: true });
@@ -129,6 +185,35 @@ for (const v of variants()) {
       }
     });
   });
+}
+
+/** Creates a site and registers an agent for it over HTTP; returns the agent's headers. */
+async function registerOver(
+  url: string,
+  auth: Record<string, string>,
+  site: string,
+): Promise<Record<string, string>> {
+  const created = await fetch(`${url}/api/v1/vaults/default/sites`, {
+    method: 'POST',
+    headers: auth,
+    body: JSON.stringify({ name: site, kind: 'cloud' }),
+  });
+  assert.equal(created.status, 201);
+  const key = await json(
+    await fetch(`${url}/api/v1/vaults/default/sites/${site}/keys`, {
+      method: 'POST',
+      headers: auth,
+      body: '{}',
+    }),
+  );
+  const reg = await fetch(`${url}/api/v1/agent/register`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ key: (key.keyFile as { key: string }).key, friendlyName: site, version: '0.1.0' }),
+  });
+  assert.equal(reg.status, 201);
+  const credential = (await json(reg)).credential as string;
+  return { authorization: `Bearer ${credential}`, 'content-type': 'application/json' };
 }
 
 async function waitUntil(cond: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
