@@ -378,6 +378,14 @@ export class ReplicaStore {
 
   /** Opens a read-only view of `diskId` at a processed point (served while replication continues). */
   openView(diskId: string, pointId: string): Promise<ReplicaView> {
+    try {
+      return Promise.resolve(this.makeView(diskId, pointId));
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private makeView(diskId: string, pointId: string): ReplicaView {
     this.assertOpen();
     const disk = this.getDisk(diskId);
     const point = this.undo.points().find((p) => p.id === pointId);
@@ -406,21 +414,21 @@ export class ReplicaStore {
     );
     this.openViews.add(view);
     this.viewUsers.set(pointId, (this.viewUsers.get(pointId) ?? 0) + 1);
-    return Promise.resolve(view);
+    return view;
   }
 
   /**
    * Opens the writable overlay in `options` on `diskId` at `pointId`, creating it when it does not exist (an
    * existing one is reopened with everything it flushed; `OVERLAY_MISMATCH` when it is of another disk/point).
    */
-  createOverlay(diskId: string, pointId: string, options: OverlayOptions): Promise<Overlay> {
+  async createOverlay(diskId: string, pointId: string, options: OverlayOptions): Promise<Overlay> {
     this.assertOpen();
     this.getDisk(diskId);
     return Overlay.open(this, diskId, pointId, options);
   }
 
   /** Reopens an existing overlay at whatever point it is on now (after a restart, following a `swapView`). */
-  openOverlay(diskId: string, options: OverlayOptions): Promise<Overlay> {
+  async openOverlay(diskId: string, options: OverlayOptions): Promise<Overlay> {
     this.assertOpen();
     this.getDisk(diskId);
     return Overlay.open(this, diskId, undefined, options);
