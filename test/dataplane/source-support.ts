@@ -2,10 +2,13 @@
  * Helpers for the source-side and transport tests: a seeded PRNG, temp folders, a model disk that replays a change
  * stream, and an in-memory `ChangeSink` that checks the stream arrives in order with no gap and no duplicate.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
 import type { Change, DiskSpec } from '../../src/dataplane/changes.js';
+import { encodeRecord, probeRecord } from '../../src/dataplane/journal/record.js';
+import type { JournalEntry } from '../../src/dataplane/journal/record.js';
 import type { BlockBackend } from '../../src/dataplane/nbd/backend.js';
 import { MemoryBackend } from '../../src/dataplane/nbd/memory-backend.js';
 
@@ -93,5 +96,87 @@ export async function waitFor(
   while (!(await cond())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** A self-signed certificate made with openssl in `dir` (EC P-256, so it is quick). */
+export function makeIdentity(dir: string, name: string): { key: string; cert: string } {
+  const key = join(dir, `${name}.key.pem`);
+  const cert = join(dir, `${name}.cert.pem`);
+  const r = spawnSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '2',
+      '-subj',
+      `/CN=${name}`,
+    ],
+    { encoding: 'utf8' },
+  );
+  if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`);
+  return { key: fs.readFileSync(key, 'utf8'), cert: fs.readFileSync(cert, 'utf8') };
+}
+
+/**
+ * A durable `ChangeSink` in one append-only file of journal records (fdatasync per `receive`), for tests that
+ * kill the receiving process: after a restart it resumes from the last complete record.
+ */
+export class FileSink {
+  private readonly fd: number;
+  private last: number;
+  private size: number;
+
+  constructor(path: string) {
+    this.fd = fs.openSync(path, fs.existsSync(path) ? 'r+' : 'w+');
+    const { entries, size } = FileSink.readAll(path);
+    this.last = entries[entries.length - 1]?.seq ?? 0;
+    this.size = size;
+    fs.ftruncateSync(this.fd, size);
+  }
+
+  /** Every complete record of a sink file, and where the complete part ends. */
+  static readAll(path: string): { entries: JournalEntry[]; size: number } {
+    const buf = fs.existsSync(path) ? fs.readFileSync(path) : Buffer.alloc(0);
+    const entries: JournalEntry[] = [];
+    let at = 0;
+    for (;;) {
+      const p = probeRecord(buf, at);
+      if (p.status !== 'ok') break;
+      entries.push(p.entry);
+      at += p.size;
+    }
+    return { entries, size: at };
+  }
+
+  lastReceivedSeq(): number {
+    return this.last;
+  }
+
+  receive(changes: Change[]): Promise<void> {
+    for (const c of changes) {
+      if (c.seq !== this.last + 1)
+        return Promise.reject(new Error(`sink got seq ${c.seq} after ${this.last}`));
+      const rec = encodeRecord(c);
+      fs.writeSync(this.fd, rec, 0, rec.length, this.size);
+      this.size += rec.length;
+      this.last = c.seq;
+    }
+    fs.fdatasyncSync(this.fd);
+    return Promise.resolve();
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
   }
 }
