@@ -180,3 +180,14 @@ export class FileSink {
     fs.closeSync(this.fd);
   }
 }
+
+/** The disk the kill -9 fixtures write to. */
+export const DP_DISK = { id: 'crash-disk', sizeBytes: 16 * 1024 * 1024 };
+
+/** The k-th change the sender fixture writes: the same bytes for the same k in every process. */
+export function dpChange(k: number): { offset: number; data: Buffer } {
+  const rnd = mulberry32(k);
+  const len = 512 * (1 + Math.floor(rnd() * 32));
+  const offset = 512 * Math.floor(rnd() * ((DP_DISK.sizeBytes - len) / 512));
+  return { offset, data: randomBytes(rnd, len, true) };
+}
