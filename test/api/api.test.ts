@@ -87,6 +87,12 @@ for (const variant of harnessVariants()) {
             false,
           );
           assert.equal(JSON.stringify(at(doc, '')).includes('def-'), false, 'components are named by $id');
+          const refs = [...JSON.stringify(at(doc, '')).matchAll(/"\$ref":"([^"]+)"/g)].map((m) => m[1] ?? '');
+          assert.ok(refs.length > 20);
+          for (const r of new Set(refs)) {
+            assert.match(r, /^#\/components\/schemas\//);
+            assert.ok(at(doc, `components.schemas.${r.split('/').at(-1)}`), `${r} resolves`);
+          }
         }),
       );
 
