@@ -24,7 +24,7 @@ function start(name: string, env: Record<string, string>): Proc {
   });
   const firstLine = new Promise<string>((resolve, reject) => {
     let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
+    child.stdout.on('data', (d: Buffer) => {
       buf += d.toString('utf8');
       const nl = buf.indexOf('\n');
       if (nl >= 0) resolve(buf.slice(0, nl));
