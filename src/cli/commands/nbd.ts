@@ -123,9 +123,6 @@ export function registerNbdCommands(program: Command): void {
     .option('--tls-key <file>', 'PEM private key for STARTTLS')
     .option('--tls-required', 'refuse clients that do not upgrade to TLS', false)
     .action(async (specs: string[], opts: ServeFlags) => {
-      // Cold reads block a libuv thread each; with the default 4 threads a queue depth of 16 cannot keep the
-      // disk busy. Only effective if nothing used the threadpool yet, so an explicit setting always wins.
-      process.env.UV_THREADPOOL_SIZE ??= '16';
       const syncMax = process.env.OSR_NBD_SYNC_WRITE_MAX;
       const running = await startNbdServe({
         syncWriteMaxBytes: syncMax === undefined ? undefined : Number(syncMax),
