@@ -11,6 +11,7 @@ import { encodeRecord, probeRecord } from '../../src/dataplane/journal/record.js
 import type { JournalEntry } from '../../src/dataplane/journal/record.js';
 import type { BlockBackend } from '../../src/dataplane/nbd/backend.js';
 import { MemoryBackend } from '../../src/dataplane/nbd/memory-backend.js';
+import { hashBlocks } from '../../src/dataplane/resync/block-hash.js';
 
 /** Tiny seeded PRNG (mulberry32): the same seed gives the same sequence, so failures reproduce. */
 export function mulberry32(seed: number): () => number {
@@ -77,6 +78,11 @@ export class ModelSink {
       this.last = c.seq;
     }
     if (this.gate) await this.gate();
+  }
+
+  /** SHA-256 per block of the model replica (answers the receiver's hash requests). */
+  blockHashes(diskId: string, blockSize: number, offsets: readonly number[]): Promise<Buffer[]> {
+    return hashBlocks(this.disks.get(diskId)!, blockSize, offsets);
   }
 
   /** Bytes of a disk. */

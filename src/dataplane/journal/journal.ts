@@ -228,6 +228,11 @@ export class WriteJournal {
     return this.durable;
   }
 
+  /** The size cap beyond which the journal overflows into dirty bitmaps. */
+  get cap(): number {
+    return this.capBytes;
+  }
+
   /** Oldest seq still stored. */
   get firstSeq(): number {
     return this.segments[0]!.firstSeq;

@@ -1,0 +1,155 @@
+import { setTimeout as delay } from 'node:timers/promises';
+import type { WriteJournal } from '../journal/journal.js';
+import type { ObservedBackend } from '../nbd/observed-backend.js';
+import type { OfflineSeedWriter } from './offline-seed.js';
+
+/** A disk to copy: its id in the journal's group and the journaled backend its writes go through. */
+export interface CopyDisk {
+  readonly id: string;
+  readonly backend: ObservedBackend;
+}
+
+/** Options of `runInitialCopy`. */
+export interface InitialCopyOptions {
+  readonly journal: WriteJournal;
+  readonly disks: readonly CopyDisk[];
+  /** Bytes per copied block. Default 1 MiB. */
+  readonly chunkBytes?: number;
+  /**
+   * The copy pauses while the journal holds more than this many bytes (the link drains it), so a copy never
+   * pushes the journal into overflow. Default a quarter of the journal's cap, at most 256 MiB.
+   */
+  readonly maxJournalBytes?: number;
+  /** Start at this time instead of now (R-POL-6 "scheduled"). */
+  readonly startAt?: Date;
+  /**
+   * Offline mode (R-POL-6 "export/import"): the blocks go to this seed file and the journal gets only
+   * placeholders; the recovery site imports the file (`OfflineSeedReader`) before the link delivers them.
+   */
+  readonly offline?: OfflineSeedWriter;
+  readonly signal?: AbortSignal;
+  /** Called after each block with the progress so far. */
+  readonly onProgress?: (progress: CopyProgress) => void;
+}
+
+/** How far a copy is. */
+export interface CopyProgress {
+  /** Allocated bytes to copy (holes and known-zero ranges are skipped). */
+  readonly totalBytes: number;
+  readonly copiedBytes: number;
+  /** 0–100. */
+  readonly percent: number;
+}
+
+/** What a finished copy did. */
+export interface CopyResult extends CopyProgress {
+  /** Seq of the last copied block: once the recovery site has it, the replica equals the source. */
+  readonly lastSeq: number;
+  readonly blocks: number;
+}
+
+/**
+ * Initial replication (R-REP-2): copies the allocated blocks of every disk into the replication stream while
+ * the journal keeps capturing writes. Each block's seq is taken in the same tick as its read is queued behind
+ * the disk's pending applications (`ObservedBackend.readInOrder`), so the block carries exactly the bytes of
+ * its place in the stream; writes made during the copy follow it in order. When the recovery site has received
+ * up to `lastSeq`, the replica equals the source as of that seq.
+ */
+export async function runInitialCopy(options: InitialCopyOptions): Promise<CopyResult> {
+  const { journal, signal } = options;
+  const chunk = options.chunkBytes ?? 1024 * 1024;
+  const maxJournal = options.maxJournalBytes ?? defaultJournalWindow(journal);
+  if (options.startAt) {
+    const wait = options.startAt.getTime() - Date.now();
+    if (wait > 0) await delay(wait, undefined, { signal });
+  }
+  const plan: Array<{ disk: CopyDisk; offset: number; length: number }> = [];
+  let totalBytes = 0;
+  for (const disk of options.disks) {
+    for (const r of await allocatedRanges(disk.backend)) {
+      for (let off = r.offset; off < r.offset + r.length; off += chunk) {
+        const length = Math.min(chunk, r.offset + r.length - off);
+        plan.push({ disk, offset: off, length });
+        totalBytes += length;
+      }
+    }
+  }
+  let copiedBytes = 0;
+  let lastSeq = journal.lastSeq;
+  const progress = (): CopyProgress => ({
+    totalBytes,
+    copiedBytes,
+    percent: totalBytes === 0 ? 100 : Math.min(100, (copiedBytes / totalBytes) * 100),
+  });
+  for (const step of plan) {
+    signal?.throwIfAborted();
+    if (!options.offline && journal.storedBytes > maxJournal) await journalBelow(journal, maxJournal, signal);
+    // Same tick: the seq and the read's place in the application queue must match.
+    const slot = journal.reserve(step.disk.id, step.offset, step.length);
+    const read = step.disk.backend.readInOrder(step.offset, step.length);
+    let data: Buffer;
+    try {
+      data = await read;
+    } catch (err) {
+      await slot.cancel();
+      throw err;
+    }
+    if (options.offline) {
+      options.offline.add(slot.seq, Date.now(), step.disk.id, step.offset, data);
+      await slot.fillOffline();
+    } else {
+      await slot.fill(data);
+    }
+    lastSeq = slot.seq;
+    copiedBytes += step.length;
+    options.onProgress?.(progress());
+  }
+  // The copy is only complete once its records cannot vanish in a crash.
+  await journal.flush();
+  return { ...progress(), lastSeq, blocks: plan.length };
+}
+
+/** The ranges of a disk that may hold data (its block status, skipping holes and known zeros). */
+export async function allocatedRanges(
+  disk: ObservedBackend,
+): Promise<Array<{ offset: number; length: number }>> {
+  const out: Array<{ offset: number; length: number }> = [];
+  for (let pos = 0; pos < disk.size;) {
+    const extents = await disk.blockStatus(pos, Math.min(disk.size - pos, 1024 * 1024 * 1024));
+    if (extents.length === 0) throw new Error(`block status at ${pos} returned no extent`);
+    for (const e of extents) {
+      if (!e.zero) {
+        const last = out[out.length - 1];
+        if (last && last.offset + last.length === pos) last.length += e.length;
+        else out.push({ offset: pos, length: e.length });
+      }
+      pos += e.length;
+    }
+  }
+  return out;
+}
+
+/** How full a copy lets the journal get before it waits for the link: a quarter of the cap, at most 256 MiB. */
+export function defaultJournalWindow(journal: WriteJournal): number {
+  return Math.min(256 * 1024 * 1024, Math.floor(journal.cap / 4));
+}
+
+/** Resolves once the journal holds at most `bytes` (the link acknowledged and freed segments). */
+export function journalBelow(journal: WriteJournal, bytes: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (journal.storedBytes <= bytes) {
+        off();
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      }
+    };
+    const onAbort = (): void => {
+      off();
+      reject(signal?.reason instanceof Error ? signal.reason : new Error('aborted'));
+    };
+    const off = journal.onProgress(check);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    check();
+  });
+}
