@@ -514,28 +514,39 @@ export const ReportedError = Type.Object(
   { additionalProperties: false },
 );
 
-/** One item's replication state as the recovery-side agent reports it. */
+/**
+ * One item's replication state as an agent reports it. The source agent knows lag,
+ * backlog, throughput and compression; the recovery agent knows progress and points;
+ * each sends what it knows, so every field but the item id is optional.
+ */
 export const ReplicationStatusItem = Type.Object(
   {
     itemId: Type.String({ minLength: 1 }),
-    rpoSeconds: Nullable(Type.Number({ minimum: 0 })),
-    lagSeconds: Type.Number({ minimum: 0 }),
-    lagBytes: Type.Number({ minimum: 0 }),
-    backlogBytes: Type.Number({ minimum: 0 }),
-    throughputBps: Type.Number({ minimum: 0 }),
-    compressionRatio: Type.Number({ minimum: 0 }),
-    health: Type.Union([Type.Literal('Normal'), Type.Literal('Warning'), Type.Literal('Critical')]),
-    healthReason: Nullable(Type.String()),
-    initialReplicationProgress: Type.Number({ minimum: 0, maximum: 100 }),
-    resyncRequired: Type.Boolean(),
-    points: Type.Array(
-      Type.Object(
-        {
-          sequence: Type.Integer({ minimum: 0 }),
-          time: IsoTime,
-          type: Type.Union([Type.Literal('crash-consistent'), Type.Literal('app-consistent')]),
-        },
-        { additionalProperties: false },
+    rpoSeconds: Type.Optional(Nullable(Type.Number({ minimum: 0 }))),
+    lagSeconds: Type.Optional(Type.Number({ minimum: 0 })),
+    lagBytes: Type.Optional(Type.Number({ minimum: 0 })),
+    backlogBytes: Type.Optional(Type.Number({ minimum: 0 })),
+    throughputBps: Type.Optional(Type.Number({ minimum: 0 })),
+    compressionRatio: Type.Optional(Type.Number({ minimum: 0 })),
+    health: Type.Optional(
+      Type.Union([Type.Literal('Normal'), Type.Literal('Warning'), Type.Literal('Critical')]),
+    ),
+    healthReason: Type.Optional(Nullable(Type.String())),
+    initialReplicationProgress: Type.Optional(Type.Number({ minimum: 0, maximum: 100 })),
+    resyncRequired: Type.Optional(Type.Boolean()),
+    points: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            /** The point id the replica knows it by (the stream marker's id); generated when absent. */
+            id: Type.Optional(Type.String({ minLength: 1, maxLength: 100 })),
+            sequence: Type.Integer({ minimum: 0 }),
+            time: IsoTime,
+            type: Type.Union([Type.Literal('crash-consistent'), Type.Literal('app-consistent')]),
+          },
+          { additionalProperties: false },
+        ),
+        { maxItems: 10000 },
       ),
     ),
   },

@@ -7,6 +7,7 @@
  */
 import { mkdir, readFile, writeFile, chmod, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
 import { createStore } from '../store/index.js';
@@ -24,6 +25,8 @@ export const DEFAULT_VAULT_NAME = 'default';
 const DEFAULT_VAULT_SETTING = 'default-vault-id';
 /** File in the data folder holding the admin token (mode 0600). */
 export const ADMIN_TOKEN_FILE = 'admin-token';
+/** File in the data folder holding the server's stable worker id. */
+export const INSTANCE_ID_FILE = 'instance-id';
 /** Default bound on waiting for running steps at close. */
 export const DEFAULT_STOP_TIMEOUT_MS = 5000;
 /** Default TCP port of the control plane. */
@@ -83,6 +86,24 @@ export async function ensureAdminToken(dataDir: string): Promise<string> {
   return token;
 }
 
+/**
+ * This installation's stable worker id (`DATA/instance-id`, created once). The jobs
+ * engine leases jobs under it, so after a crash the restarted server recognises the
+ * jobs it held and resumes them at once instead of waiting for the leases to expire.
+ */
+export async function ensureInstanceId(dataDir: string): Promise<string> {
+  const file = join(dataDir, INSTANCE_ID_FILE);
+  try {
+    await writeFile(file, randomUUID() + '\n', { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  const id = (await readFile(file, 'utf8')).trim();
+  if (!/^[0-9a-f-]{36}$/.test(id))
+    throw new Error(`instance id file ${file} is damaged; delete it to create a new id`);
+  return id;
+}
+
 /** Creates the vault `default` on first start (never again once it was created). */
 export async function ensureDefaultVault(store: Store): Promise<void> {
   if ((await store.settings.get(DEFAULT_VAULT_SETTING)) !== undefined) return;
@@ -119,9 +140,13 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
 
   try {
     await ensureDefaultVault(store);
+    const owner = `osr-server:${await ensureInstanceId(options.dataDir)}`;
+    const resumed = await store.jobs.releaseHeldBy(owner, clock.now().toISOString());
+    if (resumed.length > 0) logger.warn({ jobs: resumed }, 'resuming jobs this server held when it stopped');
     const engine = new JobEngine({
       store,
       clock,
+      owner,
       logger: logger.child({ part: 'jobs' }),
       stopTimeoutMs: options.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS,
       ...(options.concurrency === undefined ? {} : { concurrency: options.concurrency }),

@@ -22,7 +22,7 @@ export interface ItemStatusReport {
   healthReason?: string | null;
   initialReplicationProgress?: number;
   resyncRequired?: boolean;
-  points?: { sequence: number; time: string; type: RecoveryPointType }[];
+  points?: { id?: string; sequence: number; time: string; type: RecoveryPointType }[];
 }
 
 export interface ReplicationStatusReport {
