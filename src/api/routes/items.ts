@@ -112,7 +112,14 @@ const OPERATION_ROUTES: OperationRoute[] = [
     path: 'unprotect',
     op: 'DisableProtection',
     summary: 'Disable protection, optionally deleting the replica (R-REP-7, R-POL-5)',
-    body: Type.Object({ deleteReplica: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+    body: Type.Object(
+      {
+        deleteReplica: Type.Optional(Type.Boolean()),
+        /** Remove protection even where a site's agent is gone (its clean-up is skipped and reported). */
+        force: Type.Optional(Type.Boolean()),
+      },
+      { additionalProperties: false },
+    ),
   },
 ];
 

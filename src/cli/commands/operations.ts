@@ -143,7 +143,7 @@ export function registerOperationCommands(program: Command): void {
       .option('--delete-replica', 'delete the replica disks too')
       .option(
         '--force',
-        'first cancel the job running on the item, even an unplanned failover (it will need repair)',
+        'cancel the job running on the item first (even an unplanned failover), and skip clean-up at sites whose agent is gone',
       ),
   ).action(
     async (
@@ -153,10 +153,10 @@ export function registerOperationCommands(program: Command): void {
     ) => {
       const { client, out, vault } = contextOf(cmd);
       if (opts.force) await cancelCurrentJob(client, out, vault, item);
-      const res = await client.post(
-        vaultPath(vault, 'items', item, 'unprotect'),
-        opts.deleteReplica ? { deleteReplica: true } : {},
-      );
+      const body: Record<string, unknown> = {};
+      if (opts.deleteReplica) body['deleteReplica'] = true;
+      if (opts.force) body['force'] = true;
+      const res = await client.post(vaultPath(vault, 'items', item, 'unprotect'), body);
       await handleStartedJob(client, out, res, { wait: opts.wait === true });
     },
   );
