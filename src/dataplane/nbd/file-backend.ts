@@ -23,6 +23,12 @@ export interface FileBackendOptions {
    * because a cold read may block for a disk seek.
    */
   readonly syncWriteMaxBytes?: number;
+  /**
+   * At most this many threadpool writes run at once (default 2). Measured: many concurrent 1 MiB buffered
+   * writes to one file contend inside the kernel and get several times slower, while reads want many threads
+   * (one per outstanding cold read).
+   */
+  readonly maxConcurrentWrites?: number;
 }
 
 /** How a `FileBackend` obtained its allocation map. */
@@ -56,6 +62,9 @@ export class FileBackend implements BlockBackend {
   private readonly fd: number;
   private readonly mapPath: string | null;
   private readonly syncWriteMax: number;
+  private readonly maxConcurrentWrites: number;
+  private activeWrites = 0;
+  private readonly writeWaiters: Array<() => void> = [];
   private closed = false;
 
   private constructor(
@@ -73,6 +82,7 @@ export class FileBackend implements BlockBackend {
     this.readOnly = options.readOnly ?? false;
     this.mapPath = options.mapPath === undefined ? `${path}.osrmap` : options.mapPath;
     this.syncWriteMax = options.syncWriteMaxBytes ?? 64 * 1024;
+    this.maxConcurrentWrites = Math.max(1, options.maxConcurrentWrites ?? 2);
   }
 
   /** Opens an existing image file; its current size is the export size. */
@@ -131,7 +141,7 @@ export class FileBackend implements BlockBackend {
     // Mark before writing: a concurrent read or block-status must never skip bytes that may already be on disk.
     this.map.markData(offset, data.length);
     if (data.length <= this.syncWriteMax) pwriteFullySync(this.fd, data, offset);
-    else await pwriteFully(this.fd, data, offset);
+    else await this.threadpoolWrite(data, offset);
     if (options?.fua) await this.flush();
   }
 
@@ -207,6 +217,22 @@ export class FileBackend implements BlockBackend {
     }
   }
 
+  private async threadpoolWrite(data: Buffer, offset: number): Promise<void> {
+    if (this.activeWrites >= this.maxConcurrentWrites) {
+      // The finishing write hands its slot over directly, so the limit holds without re-checking.
+      await new Promise<void>((resolve) => this.writeWaiters.push(resolve));
+    } else {
+      this.activeWrites++;
+    }
+    try {
+      await pwriteFully(this.fd, data, offset);
+    } finally {
+      const next = this.writeWaiters.shift();
+      if (next) next();
+      else this.activeWrites--;
+    }
+  }
+
   private assertWritable(): void {
     if (this.readOnly) throw new NbdError(NbdErrno.EPERM, 'read-only image');
   }
@@ -250,7 +276,7 @@ export class FileBackend implements BlockBackend {
       for (let pos = start; pos < end; pos += ZERO_CHUNK.length) {
         const chunk = ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, end - pos));
         if (chunk.length <= this.syncWriteMax) pwriteFullySync(this.fd, chunk, pos);
-        else await pwriteFully(this.fd, chunk, pos);
+        else await this.threadpoolWrite(chunk, pos);
       }
     }
   }
