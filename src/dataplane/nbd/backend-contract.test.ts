@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import type { BlockBackend } from './backend.js';
 import { NbdError } from './errors.js';
 import { FileBackend } from './file-backend.js';
@@ -30,8 +30,14 @@ interface Factory {
   make(size: number, readOnly?: boolean): Promise<BlockBackend>;
 }
 
+const tempDirs: string[] = [];
+after(() => {
+  for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
 function tempImage(size: number): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-nbd-contract-'));
+  tempDirs.push(dir);
   const file = path.join(dir, 'disk.raw');
   fs.writeFileSync(file, '');
   fs.truncateSync(file, size);
