@@ -453,7 +453,13 @@ export class ReplicaStore {
       seen.add(o.diskId);
     }
     await this.stopProcessor();
-    await this.processLock.run(async () => {
+    // Both locks: no batch is being received into the pending log that commit discards.
+    await this.receiveLock.run(() => this.commitLocked(overlays, pointId));
+    for (const o of overlays) await o.destroy();
+  }
+
+  private commitLocked(overlays: readonly Overlay[], pointId: string): Promise<void> {
+    return this.processLock.run(async () => {
       this.assertOpen();
       if (this.state.committed) throw new ReplicaError('COMMITTED', 'already committed');
       if (this.openViews.size > overlays.length) {
@@ -475,7 +481,6 @@ export class ReplicaStore {
       await this.flatten(intent, overlays);
       this.finalizeCommit(intent);
     });
-    for (const o of overlays) await o.destroy();
   }
 
   /**
