@@ -173,6 +173,8 @@ test('fio (ioengine=nbd) random writes over several connections verify with crc3
       '--offset_increment=64M',
       '--verify=crc32c',
       '--do_verify=1',
+      // fio would otherwise leave *-verify.state files in the working folder.
+      '--verify_state_save=0',
       '--output-format=json',
     ],
     { timeoutMs: 120_000 },
