@@ -1120,23 +1120,28 @@ export function storeSuite(name: string, open: OpenStore): void {
           Array.from({ length: 4 }, () => createStore(t.config, { migrate: false })),
         );
         try {
-          const claimed = await Promise.all(
-            stores.map(async (store, w) => {
-              const ids: string[] = [];
-              for (;;) {
-                const job = await store.jobs.claim(`worker-${w}`, 60_000, at(1000));
-                if (job === undefined) return ids;
-                ids.push(job.id);
-                // A worker runs the job before claiming the next; a short pause stands for that and
-                // lets the other claimers (possibly backing off on a busy SQLite file) in.
-                await new Promise<void>((resolve) => setTimeout(resolve, 2));
-              }
-            }),
+          // Rounds in which all four claim at the same moment: every round races them for real,
+          // and each of the four must come back with a different job until the jobs run out.
+          const claimed: string[] = [];
+          for (let round = 0; round < 50; round++) {
+            const got = await Promise.all(
+              stores.map((store, w) => store.jobs.claim(`worker-${w}`, 60_000, at(1000))),
+            );
+            assert.ok(
+              got.every((j) => j !== undefined),
+              `round ${round}: every claimer got a job`,
+            );
+            const ids = got.map((j) => j?.id ?? '');
+            assert.equal(new Set(ids).size, 4, `round ${round}: four different jobs`);
+            claimed.push(...ids);
+          }
+          const none = await Promise.all(stores.map((store) => store.jobs.claim('late', 60_000, at(1000))));
+          assert.ok(
+            none.every((j) => j === undefined),
+            'nothing left to claim',
           );
-          const flat = claimed.flat();
-          assert.equal(flat.length, 200);
-          assert.equal(new Set(flat).size, 200);
-          assert.ok(claimed.filter((ids) => ids.length > 0).length > 1, 'more than one worker took part');
+          assert.equal(claimed.length, 200);
+          assert.equal(new Set(claimed).size, 200);
           const page = await s.jobs.list({ state: ['InProgress'], limit: 1000 });
           assert.equal(page.total, 200);
           assert.ok(page.items.every((j) => j.attempts === 1));
