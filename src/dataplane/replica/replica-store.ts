@@ -6,6 +6,8 @@ import type { BlockBackend, Extent, WriteOptions, ZeroOptions } from '../nbd/bac
 import { NbdError } from '../nbd/errors.js';
 import { FileBackend } from '../nbd/file-backend.js';
 import { NbdErrno } from '../nbd/protocol.js';
+import { hashBlocks } from '../resync/block-hash.js';
+import type { ChangeSink } from '../transport/sink.js';
 import { ReplicaError } from './errors.js';
 import { Mutex } from './fs-util.js';
 import { Overlay, type OverlayOptions } from './overlay.js';
@@ -94,7 +96,7 @@ const STATE_FILE = 'state.osr';
  * seq, reusing undo records that already reached the log (they hold the bytes from before the first attempt), so
  * nothing is applied twice in effect and no old byte is lost.
  */
-export class ReplicaStore {
+export class ReplicaStore implements ChangeSink {
   /** The store's folder. */
   readonly dir: string;
   private readonly clock: () => number;
@@ -259,6 +261,29 @@ export class ReplicaStore {
     });
   }
 
+  /**
+   * SHA-256 of each block `[offset, offset + blockSize)` of `diskId` (clipped to the disk) as of every change
+   * received so far: the `ChangeSink` side of resync and failback delta.
+   *
+   * It processes everything pending and hashes the base under the processing lock, so the base is then exactly
+   * "every received change applied". That — not a view at the newest point — is what resync compares: the source
+   * waits for the ack of every change journaled before it asks, and any change after the newest marker must be
+   * counted as present, or its blocks would be resent (or worse, judged equal against an older image). The
+   * receiver calls this between batches, so nothing is received while it runs.
+   */
+  async blockHashes(diskId: string, blockSize: number, offsets: readonly number[]): Promise<Buffer[]> {
+    const disk = this.getDisk(diskId);
+    for (;;) {
+      await this.process();
+      const hashes = await this.processLock.run(async () => {
+        this.assertOpen();
+        if (!this.state.committed && this.appliedInMemory < this.pending.lastReceivedSeq()) return undefined;
+        return hashBlocks(disk.base, blockSize, offsets);
+      });
+      if (hashes) return hashes;
+    }
+  }
+
   /** Starts applying in the background as changes arrive (until `stopProcessor` or `close`). */
   startProcessor(): void {
     this.assertOpen();
@@ -272,12 +297,14 @@ export class ReplicaStore {
         if (stop.signal.aborted) break;
         if (this.appliedInMemory === before && this.pending.lastReceivedSeq() <= this.appliedInMemory) {
           await new Promise<void>((resolve) => {
-            const timer = setTimeout(resolve, this.opts.processorIdleMs);
-            wake = () => {
+            const done = (): void => {
               clearTimeout(timer);
+              stop.signal.removeEventListener('abort', done);
               resolve();
             };
-            stop.signal.addEventListener('abort', wake, { once: true });
+            const timer = setTimeout(done, this.opts.processorIdleMs);
+            wake = done;
+            stop.signal.addEventListener('abort', done, { once: true });
           });
         }
       }
