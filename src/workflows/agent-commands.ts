@@ -11,9 +11,24 @@ import type { Store } from '../store/store.js';
 import type { Clock } from '../jobs/types.js';
 import { abortableSleep } from './deps.js';
 
-/** Agent command types the control plane sends (the agent side implements them). */
+/**
+ * Agent command types the control plane sends (the agent side implements them). The
+ * `machine.*` types drive a site's compute: payload `{name}` (shutdown also
+ * `timeoutMs`, delete also `deleteDisks`; `machine.check` refuses with
+ * MACHINE_NOT_RUNNING unless the machine runs and responds); `machine.create` takes
+ * the `MachineCreateSpec` of `src/fabric/driver.ts`.
+ */
 export type AgentCommandType =
-  'replica.prepare' | 'replica.delete' | 'replication.start' | 'replication.stop';
+  | 'replica.prepare'
+  | 'replica.delete'
+  | 'replication.start'
+  | 'replication.stop'
+  | 'machine.powerOn'
+  | 'machine.shutdown'
+  | 'machine.powerOff'
+  | 'machine.create'
+  | 'machine.delete'
+  | 'machine.check';
 
 export interface AgentCommandsOptions {
   store: Store;

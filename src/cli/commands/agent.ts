@@ -1,11 +1,22 @@
-/** `osr agent list|show`: registered site agents and whether they are connected (R-INF-3). */
+/**
+ * `osr agent`: run a site agent (`osr agent --site NAME --server URL --key FILE
+ * --site-dir DIR`, also spelled `osr agent run …`), and the operator views
+ * `osr agent list|show` of registered agents and whether they are connected (R-INF-3).
+ */
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { pino } from 'pino';
+import { SiteAgent } from '../../agent/agent.js';
+import { OsrError } from '../../domain/errors.js';
 import type { Agent, AgentConnection, Site } from '../../domain/model.js';
 import { vaultPath } from '../client.js';
 import type { OsrClient, Page } from '../client.js';
 import { contextOf } from '../context.js';
 import { formatTime } from '../output.js';
-import { pagingNote, withPaging } from './common.js';
+import { intArg, pagingNote, withPaging } from './common.js';
+import { waitForShutdownSignal } from './server.js';
+import type { GlobalFlags } from '../config.js';
+import { Output } from '../output.js';
 
 /** An agent as the API shows it: no credential, with its connection state. */
 export type AgentView = Omit<Agent, 'credentialHash'> & { connection: AgentConnection };
@@ -16,9 +27,114 @@ export async function siteNames(client: OsrClient, vault: string): Promise<Map<s
   return new Map(page.items.map((s) => [s.id, s.name]));
 }
 
+/** Options of running an agent, as commander parses them. */
+interface AgentRunFlags {
+  site?: string;
+  key?: string;
+  siteDir?: string;
+  proxy?: string;
+  dataAddress?: string;
+  name?: string;
+  logLevel?: string;
+  backoffMax?: number;
+  pollWait?: number;
+  inventoryPoll?: number;
+  shutdownTimeout?: number;
+}
+
+function withRunOptions(cmd: Command): Command {
+  return cmd
+    .option('--site <name>', 'the site this agent serves (must match the key file)')
+    .option('--key <file>', 'registration key file (needed until the agent has registered)')
+    .option('--site-dir <dir>', 'the site folder with site.json and machines/')
+    .option('--proxy <url>', 'HTTP proxy for the control plane, http://[user:pass@]host:port')
+    .option('--data-address <host:port>', 'address advertised for the site-to-site stream')
+    .option('--name <name>', 'friendly name shown by `osr agent list`')
+    .option('--log-level <level>', 'log level (default: OSR_LOG_LEVEL or info); logs go to stderr')
+    .option('--backoff-max <ms>', 'longest wait between reconnect attempts (default 30000)', intArg(1))
+    .option('--poll-wait <ms>', 'long-poll wait for commands (default 25000)', intArg(0))
+    .option(
+      '--inventory-poll <ms>',
+      'how often the site folder is checked for changes (default 1000)',
+      intArg(10),
+    )
+    .option('--shutdown-timeout <ms>', 'graceful machine shutdown before SIGKILL (default 30000)', intArg(0));
+}
+
+/** Runs the agent until SIGINT/SIGTERM (or an unrecoverable error, e.g. an expired key). */
+async function runAgent(cmd: Command): Promise<void> {
+  // Merged with the parent's: `osr agent run --site x` leaves --site to `agent`, which also knows it.
+  const flags = cmd.optsWithGlobals<AgentRunFlags & GlobalFlags>();
+  const globals = flags;
+  const out = new Output(globals.json === true);
+  if (flags.site === undefined || flags.siteDir === undefined) {
+    throw new OsrError(
+      'VALIDATION_FAILED',
+      'osr agent needs --site NAME and --site-dir DIR (and --key FILE to register)',
+    );
+  }
+  const siteDir = resolve(flags.siteDir);
+  const dataDir = resolve(globals.data ?? process.env['OSR_DATA'] ?? resolve(siteDir, '.agent'));
+  const server = globals.server ?? process.env['OSR_SERVER'];
+  const logger = pino(
+    { level: flags.logLevel ?? process.env['OSR_LOG_LEVEL'] ?? 'info', base: { site: flags.site } },
+    pino.destination(2),
+  );
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  let agent: SiteAgent;
+  try {
+    agent = await SiteAgent.start({
+      site: flags.site,
+      siteDir,
+      dataDir,
+      ...(server === undefined ? {} : { server }),
+      ...(flags.key === undefined ? {} : { keyFile: resolve(flags.key) }),
+      ...(flags.proxy === undefined ? {} : { proxy: flags.proxy }),
+      ...(flags.dataAddress === undefined ? {} : { dataAddress: flags.dataAddress }),
+      ...(flags.name === undefined ? {} : { friendlyName: flags.name }),
+      ...(flags.backoffMax === undefined ? {} : { backoffMaxMs: flags.backoffMax }),
+      ...(flags.pollWait === undefined ? {} : { pollWaitMs: flags.pollWait }),
+      ...(flags.inventoryPoll === undefined ? {} : { inventoryPollMs: flags.inventoryPoll }),
+      ...(flags.shutdownTimeout === undefined ? {} : { shutdownTimeoutMs: flags.shutdownTimeout }),
+      log: logger,
+      signal: abort.signal,
+    });
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  if (abort.signal.aborted) {
+    await agent.stop();
+    return;
+  }
+  const ready = { agentId: agent.agentId, site: flags.site, dataDir, session: agent.session };
+  out.result(ready, () =>
+    out.line(`osr agent ${agent.agentId} running for site ${flags.site} (data ${dataDir})`),
+  );
+  try {
+    await Promise.race([waitForShutdownSignal(), agent.done]);
+  } finally {
+    await agent.stop();
+  }
+  if (!out.json) out.line('osr agent stopped');
+}
+
 /** Registers the `agent` command group. */
 export function registerAgentCommands(program: Command): void {
-  const agent = program.command('agent').description('site agents registered with the vault');
+  const agent = withRunOptions(
+    program
+      .command('agent')
+      .description(
+        'run a site agent (--site, --server, --key, --site-dir), or list|show the agents registered with the vault',
+      ),
+  ).action((_flags: AgentRunFlags, cmd: Command) => runAgent(cmd));
+
+  withRunOptions(agent.command('run').description('run a site agent (same as `osr agent --site …`)')).action(
+    (_flags: AgentRunFlags, cmd: Command) => runAgent(cmd),
+  );
 
   withPaging(agent.command('list').description('list agents with Connected/Disconnected')).action(
     async (opts: { limit?: number; offset?: number }, cmd: Command) => {
