@@ -7,7 +7,7 @@ import type { TrimEvent, WriteEvent, WriteObserver, ZeroEvent } from '../nbd/obs
 import { DirtyBitmap, fsyncDir, readDirtyFile, writeDirtyFile } from './dirty-bitmap.js';
 import type { ByteRange, DirtyState } from './dirty-bitmap.js';
 import { JournalCorruptError, ResyncRequiredError } from './errors.js';
-import { encodeRecord, probeRecord, RECORD_HEADER_SIZE, RECORD_MAGIC } from './record.js';
+import { encodeRecord, encodeTombstone, probeRecord, RECORD_HEADER_SIZE, RECORD_MAGIC } from './record.js';
 import type { JournalEntry } from './record.js';
 
 /** A disk of the replication group as the journal sees it. */
@@ -486,6 +486,51 @@ export class WriteJournal {
     for (const m of this.dirty.values()) m.markAll();
     this.dirtyState ??= 'resync';
     writeDirtyFile(join(this.dir, DIRTY_FILE), this.dirtyState, this.dirty);
+  }
+
+  /**
+   * Salvage after `read` refused a damaged record (`JournalCorruptError`, e.g. a flipped bit on disk): every
+   * stored record that fails verification is overwritten in place by a tombstone of the same seq and size (an
+   * empty zero change, `encodeTombstone`), so the stream continues without a gap, and every disk is marked dirty
+   * — what the damaged records changed is unknown, so the next resync (`runResync`, scope `dirty`) compares every
+   * block. Until it completes the item is resync-required and no recovery point is cut. Returns the seqs
+   * replaced (empty when nothing was damaged; then nothing changes).
+   */
+  repairDamaged(): number[] {
+    this.assertUsable();
+    const filler = [...this.disks.keys()].sort((a, b) => Buffer.byteLength(a) - Buffer.byteLength(b))[0]!;
+    const replaced: number[] = [];
+    for (const seg of this.segments) {
+      if (seg.positions.length === 0) continue;
+      const buf = fs.readFileSync(seg.path);
+      const fixes: Array<{ at: number; rec: Buffer }> = [];
+      for (let i = 0; i < seg.positions.length; i++) {
+        const at = seg.positions[i]!;
+        const end = i + 1 < seg.positions.length ? seg.positions[i + 1]! : seg.size;
+        const seq = seg.firstSeq + i;
+        const p = probeRecord(buf.subarray(0, end), at);
+        if (p.status === 'ok' && p.entry.seq === seq && p.size === end - at) continue;
+        let rec: Buffer;
+        try {
+          rec = encodeTombstone(seq, seg.times[i]!, filler, end - at);
+        } catch {
+          throw new JournalCorruptError(seg.path, at, 'damaged record too small to replace by a tombstone');
+        }
+        fixes.push({ at, rec });
+        replaced.push(seq);
+      }
+      if (fixes.length === 0) continue;
+      const fd = fs.openSync(seg.path, 'r+');
+      try {
+        for (const f of fixes) fs.writeSync(fd, f.rec, 0, f.rec.length, f.at);
+        // Durable before the sender may read and ship them: a crash must not bring the damaged bytes back.
+        fs.fdatasyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    if (replaced.length > 0) this.markAllDirty();
+    return replaced;
   }
 
   /**

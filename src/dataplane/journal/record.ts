@@ -115,6 +115,28 @@ export function encodeRecord(entry: JournalEntry): Buffer {
   return buf;
 }
 
+/**
+ * A tombstone of exactly `size` bytes for `seq`: a zero change of length 0 on `diskId` whose payload is padding.
+ * It replaces a damaged record in place (same position and size, so the segment's index stays valid), keeping the
+ * stream free of gaps; readers see an empty zero change. Throws `RangeError` when `size` is too small for it.
+ */
+export function encodeTombstone(seq: number, time: number, diskId: string, size: number): Buffer {
+  const id = Buffer.from(diskId, 'utf8');
+  const pad = size - RECORD_HEADER_SIZE - id.length;
+  if (pad < 0 || pad > MAX_RECORD_DATA) throw new RangeError(`no tombstone fits ${size} bytes`);
+  const buf = Buffer.alloc(size);
+  buf.writeUInt32LE(RECORD_MAGIC, 0);
+  buf.writeUInt8(RECORD_VERSION, 4);
+  buf.writeUInt8(KIND_ZERO, 5);
+  buf.writeUInt16LE(id.length, 8);
+  buf.writeUInt32LE(pad, 12);
+  buf.writeBigUInt64LE(BigInt(seq), 16);
+  buf.writeBigUInt64LE(BigInt(Math.trunc(time)), 24);
+  id.copy(buf, RECORD_HEADER_SIZE);
+  buf.writeUInt32LE(recordCrc(buf, size), 48);
+  return buf;
+}
+
 /** Result of looking at the bytes where a record should start. */
 export type RecordProbe =
   | { readonly status: 'ok'; readonly entry: JournalEntry; readonly size: number }

@@ -1,6 +1,6 @@
 import * as tls from 'node:tls';
 import { setTimeout as delay } from 'node:timers/promises';
-import { ResyncRequiredError } from '../journal/errors.js';
+import { JournalCorruptError, ResyncRequiredError } from '../journal/errors.js';
 import type { WriteJournal } from '../journal/journal.js';
 import { encodeBatch } from './batch.js';
 import { encodeFrame, FrameDecoder, FrameError, FrameType, jsonPayload, parseJson } from './frame.js';
@@ -236,7 +236,9 @@ export class ReplicationSender {
         if (signal.aborted) break;
         this.lastError = e;
         this.o.onEvent?.({ type: 'disconnected', error: e });
-        if (e instanceof ResyncRequiredError) this.state = 'resync-required';
+        // A damaged journal record cannot be shipped until the journal is salvaged (`repairDamaged`) and resynced.
+        if (e instanceof ResyncRequiredError || e instanceof JournalCorruptError)
+          this.state = 'resync-required';
       }
       if (signal.aborted) break;
       if (streamed) backoff = initial;
