@@ -22,6 +22,7 @@ import { registerPolicyCommands } from './commands/policy.js';
 import { registerServerCommands } from './commands/server.js';
 import { registerSiteCommands } from './commands/site.js';
 import { registerVaultCommands } from './commands/vault.js';
+import { registerWorkloadCommands } from './commands/workload.js';
 import { CliError, EXIT_CODES } from './errors.js';
 
 /** The version in package.json (shown by `osr --version`). */
@@ -60,6 +61,7 @@ export function buildProgram(): Command {
   registerJobCommands(program);
   registerEventCommands(program);
   registerNbdCommands(program);
+  registerWorkloadCommands(program);
   return program;
 }
 
