@@ -20,6 +20,7 @@ import type {
 import type { ListOptions, Store } from '../store/store.js';
 import type { Clock } from '../jobs/types.js';
 import type { AgentChannel } from './agent-channel.js';
+import type { OperationParams, ProtectRequest } from '../workflows/index.js';
 import type { ReplicationStatusReport } from './schemas.js';
 
 /** The Fastify instance type the route modules register on (TypeBox type provider). */
@@ -31,31 +32,7 @@ export type ApiInstance = FastifyInstance<
   TypeBoxTypeProvider
 >;
 
-/** Enable protection (`POST /vaults/{vault}/items`). */
-export interface ProtectRequest {
-  machine: string;
-  policy: string;
-  targetSite: string;
-  targetContainer?: string;
-  name?: string;
-  settings?: Partial<FailoverSettings>;
-  replicaExists?: boolean;
-}
-
-/** Parameters of an item operation; each operation reads the ones it needs. */
-export interface OperationParams {
-  point?: string;
-  network?: string;
-  shutdownSource?: boolean;
-  notes?: string;
-  force?: boolean;
-  location?: 'original' | 'alternate';
-  host?: string;
-  datastore?: string;
-  policy?: string;
-  deleteReplica?: boolean;
-  preview?: boolean;
-}
+export type { ProtectRequest, OperationParams };
 
 /** What the API needs of the workflows (src/workflows `Workflows` satisfies it). */
 export interface WorkflowsPort {

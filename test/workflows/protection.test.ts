@@ -183,6 +183,20 @@ async function setup(dir: string, withRecoveryAgent = true): Promise<Env> {
   return env;
 }
 
+/** Protects `web` and waits until it is Protected; forgets the commands seen so far. */
+async function protectWeb(env: Env): Promise<void> {
+  const { job } = await env.workflows.protect(env.vaultId, {
+    machine: 'web',
+    policy: 'gold',
+    targetSite: 'recovery',
+  });
+  await jobEnded(env.store, job.id);
+  await waitUntil('Protected', async () =>
+    (await env.store.items.get(env.vaultId, 'web')).protectionState === 'Protected' ? true : undefined,
+  );
+  env.seen.length = 0;
+}
+
 describe('protection workflows', () => {
   let dir: string;
   before(() => {
@@ -348,16 +362,7 @@ describe('protection workflows', () => {
   it('disable protection stops replication, deletes the replica per policy and removes the item', async () => {
     const env = await setup(dir);
     try {
-      const { job } = await env.workflows.protect(env.vaultId, {
-        machine: 'web',
-        policy: 'gold',
-        targetSite: 'recovery',
-      });
-      await jobEnded(env.store, job.id);
-      await waitUntil('Protected', async () =>
-        (await env.store.items.get(env.vaultId, 'web')).protectionState === 'Protected' ? true : undefined,
-      );
-      env.seen.length = 0;
+      await protectWeb(env);
       const disable = await env.workflows.operate(env.vaultId, 'web', 'DisableProtection', {});
       const ended = await jobEnded(env.store, disable.id);
       assert.equal(ended.state, 'Succeeded', JSON.stringify(ended.error));
@@ -374,16 +379,7 @@ describe('protection workflows', () => {
   it('disable protection keeps the replica when asked', async () => {
     const env = await setup(dir);
     try {
-      const { job } = await env.workflows.protect(env.vaultId, {
-        machine: 'web',
-        policy: 'gold',
-        targetSite: 'recovery',
-      });
-      await jobEnded(env.store, job.id);
-      await waitUntil('Protected', async () =>
-        (await env.store.items.get(env.vaultId, 'web')).protectionState === 'Protected' ? true : undefined,
-      );
-      env.seen.length = 0;
+      await protectWeb(env);
       const disable = await env.workflows.operate(env.vaultId, 'web', 'DisableProtection', {
         deleteReplica: false,
       });
