@@ -1,0 +1,338 @@
+/**
+ * Replication benchmark (issue 4), one run, four figures against their targets:
+ *
+ * (a) lag under steady churn: fio `ioengine=nbd` through our NBD export (journaled file image), random 64 KiB
+ *     writes at `--rate=20m`, crash-consistent points every 3 s; lag = time from a seq being appended to the
+ *     journal to its acknowledgement by the recovery site (sampled every 20 ms), and the age of the newest
+ *     processed point — target lag p99 <= 2 s on loopback;
+ * (b) initial replication of a 2 GiB image (1 GiB random, 1 GiB sparse zero) through journal → TLS → replica
+ *     store, until the replica has processed it, against `nbdcopy` of the same image into `nbdkit file` —
+ *     target >= 0.7x;
+ * (c) resync after a journal overflow: 5 % of a 1 GiB disk rewritten (random 64 KiB blocks) while the link is
+ *     down; bytes sent (journal records + resync blocks, raw) vs bytes changed — target <= 1.1x, hashes apart;
+ * (d) view read throughput with about an hour of 5-minute points vs the base (`view-read.js`) — target >= 0.5x.
+ *
+ * `npm run bench:replication` (after `npm run build`). Options: `--churn-s 20`, `--copy-gib 2`, `--skip a,b,c,d`.
+ * Needs fio, nbdcopy and nbdkit on PATH.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runInitialCopy } from '../../src/dataplane/resync/initial-copy.js';
+import { runResync } from '../../src/dataplane/resync/resync.js';
+import { startPipeline } from '../../test/dataplane/pipeline-support.js';
+import { makeIdentity, mulberry32 } from '../../test/dataplane/source-support.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1]! : def;
+}
+const skip = new Set(arg('skip', '').split(','));
+const churnSecs = Number(arg('churn-s', '20'));
+const copyBytes = Number(arg('copy-gib', '2')) * GiB;
+
+const root = fs.mkdtempSync(join(os.tmpdir(), 'osr-bench-repl-'));
+const identities = { source: makeIdentity(root, 'source'), recovery: makeIdentity(root, 'recovery') };
+
+interface Row {
+  readonly figure: string;
+  readonly value: string;
+  readonly target: string;
+  readonly ok: boolean;
+}
+const rows: Row[] = [];
+
+function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+}
+
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.once('error', reject);
+    child.once('exit', (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${err}`)),
+    );
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function dropCaches(): void {
+  try {
+    execFileSync('sync');
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+  } catch {
+    // Not root: figures then depend on the page cache; both sides of each ratio see the same state.
+  }
+}
+
+/** (a) lag and newest-point age under fio churn. */
+async function lagUnderChurn(): Promise<void> {
+  const dir = join(root, 'churn');
+  const p = await startPipeline({
+    dir,
+    disks: [{ id: 'os', sizeBytes: 1 * GiB }],
+    ...identities,
+    journal: { segmentBytes: 16 * MiB },
+    store: { processorIdleMs: 20 },
+  });
+  const samples: Array<{ seq: number; at: number }> = [];
+  const lags: number[] = [];
+  const ages: number[] = [];
+  let points = 0;
+  const sampler = setInterval(() => {
+    const now = Date.now();
+    samples.push({ seq: p.journal.lastSeq, at: now });
+    while (samples.length > 0 && samples[0]!.seq <= p.sender.ackedSeq) lags.push(now - samples.shift()!.at);
+    const newest = p.store.latestProcessed();
+    if (newest && points > 0) ages.push(now - newest.time);
+  }, 20);
+  const marker = setInterval(() => {
+    p.journal
+      .addMarker('crash-consistent', `c${++points}`)
+      .catch((e: unknown) => console.error(`marker failed: ${String(e)}`));
+  }, 3000);
+  try {
+    await run('fio', [
+      '--name=churn',
+      '--ioengine=nbd',
+      `--uri=nbd://127.0.0.1:${p.nbdPort}/os`,
+      '--rw=randwrite',
+      '--bs=64k',
+      '--rate=20m',
+      '--iodepth=4',
+      '--size=1g',
+      `--runtime=${churnSecs}`,
+      '--time_based',
+      '--output-format=json',
+    ]);
+  } finally {
+    clearInterval(marker);
+  }
+  await p.sender.waitForAck(p.journal.lastSeq);
+  clearInterval(sampler);
+  const st = p.sender.status();
+  await p.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+  const p50 = percentile(lags, 50) / 1000;
+  const p99 = percentile(lags, 99) / 1000;
+  rows.push({ figure: '(a) lag p50 (s)', value: p50.toFixed(3), target: '', ok: true });
+  rows.push({ figure: '(a) lag p99 (s)', value: p99.toFixed(3), target: '<= 2', ok: p99 <= 2 });
+  rows.push({
+    figure: '(a) newest-point age p50 / max (s)',
+    value: `${(percentile(ages, 50) / 1000).toFixed(2)} / ${(Math.max(...ages) / 1000).toFixed(2)}`,
+    target: 'point every 3 s',
+    ok: true,
+  });
+  rows.push({
+    figure: '(a) compression ratio under churn',
+    value: st.compressionRatio.toFixed(2),
+    target: '',
+    ok: true,
+  });
+}
+
+/** (b) initial replication vs nbdcopy into nbdkit file. */
+async function initialCopy(): Promise<void> {
+  const dir = join(root, 'copy');
+  fs.mkdirSync(join(dir, 'source'), { recursive: true });
+  const img = join(dir, 'source', 'os.img');
+  const fd = fs.openSync(img, 'w');
+  const chunk = Buffer.allocUnsafe(4 * MiB);
+  for (let pos = 0; pos < copyBytes / 2; pos += chunk.length)
+    fs.writeSync(fd, randomFillSync(chunk), 0, chunk.length, pos);
+  fs.ftruncateSync(fd, copyBytes);
+  fs.closeSync(fd);
+
+  // Baseline: nbdcopy of the same image into nbdkit's file plugin.
+  const target = join(dir, 'target.raw');
+  fs.closeSync(fs.openSync(target, 'w'));
+  fs.truncateSync(target, copyBytes);
+  const port = await freePort();
+  const nbdkit = spawn(
+    'nbdkit',
+    ['-f', '--exit-with-parent', '-p', String(port), '-i', '127.0.0.1', 'file', target],
+    {
+      stdio: 'ignore',
+    },
+  );
+  let nbdcopySecs: number;
+  try {
+    for (let i = 0; ; i++) {
+      try {
+        await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}`]);
+        break;
+      } catch (err) {
+        if (i > 100) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    dropCaches();
+    const t0 = performance.now();
+    await run('nbdcopy', ['--flush', img, `nbd://127.0.0.1:${port}`]);
+    nbdcopySecs = (performance.now() - t0) / 1000;
+  } finally {
+    nbdkit.kill('SIGTERM');
+  }
+  fs.rmSync(target, { force: true });
+
+  const p = await startPipeline({
+    dir,
+    disks: [{ id: 'os', sizeBytes: copyBytes }],
+    ...identities,
+    journal: { segmentBytes: 64 * MiB, capBytes: 2 * GiB },
+    sender: { maxInFlightBytes: 64 * MiB, batchBytes: 8 * MiB },
+  });
+  dropCaches();
+  const t1 = performance.now();
+  const result = await runInitialCopy({
+    journal: p.journal,
+    disks: [{ id: 'os', backend: p.disks.get('os')! }],
+  });
+  await p.sender.waitForAck(result.lastSeq);
+  const ackSecs = (performance.now() - t1) / 1000;
+  await p.store.process();
+  await p.store.openBase('os').flush();
+  const oursSecs = (performance.now() - t1) / 1000;
+  await p.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+  const mib = copyBytes / MiB;
+  rows.push({
+    figure: '(b) nbdcopy → nbdkit file (MiB/s)',
+    value: (mib / nbdcopySecs).toFixed(0),
+    target: '',
+    ok: true,
+  });
+  rows.push({
+    figure: '(b) initial replication, received (MiB/s)',
+    value: (mib / ackSecs).toFixed(0),
+    target: '',
+    ok: true,
+  });
+  const ratio = nbdcopySecs / oursSecs;
+  rows.push({
+    figure: '(b) initial replication, processed (MiB/s) / ratio',
+    value: `${(mib / oursSecs).toFixed(0)} / ${ratio.toFixed(2)}x`,
+    target: '>= 0.7x',
+    ok: ratio >= 0.7,
+  });
+}
+
+/** (c) resync after overflow: 5 % of 1 GiB changed while the link is down. */
+async function resyncBytes(): Promise<void> {
+  const dir = join(root, 'resync');
+  const size = 1 * GiB;
+  const block = 64 * KiB;
+  const p = await startPipeline({
+    dir,
+    disks: [{ id: 'os', sizeBytes: size }],
+    ...identities,
+    journal: { segmentBytes: 4 * MiB, capBytes: 16 * MiB, dirtyGranuleBytes: block },
+    startSender: false,
+  });
+  const rnd = mulberry32(5);
+  const blocks = new Set<number>();
+  const want = Math.round((size * 0.05) / block);
+  const data = Buffer.allocUnsafe(block);
+  while (blocks.size < want) {
+    const b = Math.floor(rnd() * (size / block));
+    if (blocks.has(b)) continue;
+    blocks.add(b);
+    await p.disks.get('os')!.write(b * block, Buffer.from(randomFillSync(data)));
+  }
+  const changed = blocks.size * block;
+  p.sender.start();
+  const t0 = performance.now();
+  const r = await runResync({
+    journal: p.journal,
+    disks: p.disks,
+    remoteHashes: (id, bs, offs) => p.sender.requestHashes(id, bs, offs),
+    waitForAck: (seq) => p.sender.waitForAck(seq),
+    blockSize: block,
+  });
+  await p.sender.waitForAck(r.lastSeq);
+  const secs = (performance.now() - t0) / 1000;
+  const st = p.sender.status();
+  await p.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+  const ratio = st.bytesRaw / changed;
+  rows.push({
+    figure: '(c) resync: changed / sent raw (MiB)',
+    value: `${(changed / MiB).toFixed(1)} / ${(st.bytesRaw / MiB).toFixed(1)} (resync blocks ${(r.bytesSent / MiB).toFixed(1)})`,
+    target: '',
+    ok: true,
+  });
+  rows.push({
+    figure: '(c) resync bytes sent / changed',
+    value: `${ratio.toFixed(3)}x`,
+    target: '<= 1.1x',
+    ok: ratio <= 1.1,
+  });
+  rows.push({
+    figure: '(c) resync hash traffic (KiB) / time (s)',
+    value: `${(r.hashBytes / KiB).toFixed(0)} / ${secs.toFixed(1)}`,
+    target: 'apart',
+    ok: true,
+  });
+}
+
+/** (d) view read vs base, by the view-read benchmark. */
+async function viewRead(): Promise<void> {
+  const script = fileURLToPath(new URL('./view-read.js', import.meta.url));
+  const out = await run(process.execPath, [
+    script,
+    '--disk-mib',
+    '512',
+    '--writes',
+    '8000',
+    '--points',
+    '12',
+  ]);
+  const r = JSON.parse(out) as { baseReadMiBs: number; oldestViewReadMiBs: number; ratio: number };
+  rows.push({
+    figure: '(d) view read / base read (MiB/s), 1 MiB reads',
+    value: `${r.oldestViewReadMiBs} / ${r.baseReadMiBs} = ${r.ratio.toFixed(2)}x`,
+    target: '>= 0.5x',
+    ok: r.ratio >= 0.5,
+  });
+}
+
+try {
+  if (!skip.has('a')) await lagUnderChurn();
+  if (!skip.has('b')) await initialCopy();
+  if (!skip.has('c')) await resyncBytes();
+  if (!skip.has('d')) await viewRead();
+} finally {
+  fs.rmSync(root, { recursive: true, force: true });
+}
+const w = Math.max(...rows.map((r) => r.figure.length));
+const v = Math.max(...rows.map((r) => r.value.length));
+console.log(`\n${'figure'.padEnd(w)}  ${'value'.padEnd(v)}  target`);
+for (const r of rows)
+  console.log(
+    `${r.figure.padEnd(w)}  ${r.value.padEnd(v)}  ${r.target}${r.target && !r.ok ? '  MISSED' : ''}`,
+  );
+console.log(`\n${os.cpus().length} CPUs, Node ${process.version}, loopback, one process for both sites.`);
