@@ -6,14 +6,38 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { ChildGroup, UP_DEFAULT_PORT, planUp } from './up-plan.js';
 
-void test('the up plan defaults to 127.0.0.1:7480 and starts no child yet', () => {
-  assert.deepEqual(planUp({ dataDir: '/d' }), {
-    dataDir: '/d',
-    host: '127.0.0.1',
-    port: UP_DEFAULT_PORT,
-    children: [],
-  });
+void test('the up plan defaults to 127.0.0.1:7480 and runs an agent for each of the sites primary and recovery', () => {
+  const plan = planUp({ dataDir: '/d', osrCommand: ['node', 'osr.js'] });
+  assert.equal(plan.host, '127.0.0.1');
+  assert.equal(plan.port, UP_DEFAULT_PORT);
+  assert.deepEqual(
+    plan.sites.map((s) => [s.name, s.kind, s.siteDir, s.agentDataDir, s.machines.map((m) => m.name)]),
+    [
+      ['primary', 'onprem', '/d/sites/primary', '/d/agents/primary', ['web', 'app', 'db']],
+      ['recovery', 'onprem', '/d/sites/recovery', '/d/agents/recovery', []],
+    ],
+  );
+  assert.deepEqual(
+    plan.children.map((c) => c.name),
+    ['agent primary', 'agent recovery'],
+  );
+  const primary = plan.children[0];
+  assert.equal(primary?.command, 'node');
+  assert.deepEqual(primary?.args.slice(0, 6), [
+    'osr.js',
+    'agent',
+    '--site',
+    'primary',
+    '--server',
+    'http://127.0.0.1:7480',
+  ]);
+  assert.ok(primary?.args.includes('/d/agents/primary.key.json'));
   assert.equal(planUp({ dataDir: '/d', port: 0 }).port, 0);
+  const later = planUp({ dataDir: '/d', port: 0, serverUrl: 'http://127.0.0.1:5555' });
+  assert.ok(
+    later.children.every((c) => c.args.includes('http://127.0.0.1:5555')),
+    'agents dial the URL the server got',
+  );
 });
 
 void test('a child group starts children and stops them with SIGTERM', async () => {

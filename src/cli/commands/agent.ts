@@ -115,7 +115,12 @@ async function runAgent(cmd: Command): Promise<void> {
     out.line(`osr agent ${agent.agentId} running for site ${flags.site} (data ${dataDir})`),
   );
   try {
-    await Promise.race([waitForShutdownSignal(), agent.done]);
+    // A second signal while stopping (Ctrl-C reaches `osr up` and its agents alike) must not cut the
+    // machines' graceful shutdown short.
+    await Promise.race([
+      waitForShutdownSignal(() => logger.warn({}, 'already stopping; machines are being shut down')),
+      agent.done,
+    ]);
   } finally {
     await agent.stop();
   }

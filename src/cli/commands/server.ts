@@ -8,7 +8,9 @@ import type { RunningServer, StartServerOptions } from '../../api/server.js';
 import { adminTokenPath, DEFAULT_SERVER, DEFAULT_VAULT, resolveConfig } from '../config.js';
 import type { GlobalFlags } from '../config.js';
 import { Output } from '../output.js';
-import { ChildGroup, planUp } from '../up-plan.js';
+import { OsrClient } from '../client.js';
+import { ChildGroup, finishUp, planUp, prepareUp } from '../up-plan.js';
+import type { UpReady } from '../up-plan.js';
 import { intArg } from './common.js';
 
 /**
@@ -87,55 +89,80 @@ export function registerServerCommands(program: Command): void {
 
   program
     .command('up')
-    .description('start everything on this machine in one data folder (control plane with the default vault)')
+    .description(
+      'start everything on this machine in one data folder: the control plane, agents for the sites primary and recovery, and demo machines',
+    )
     .option('--port <n>', 'TCP port of the control plane (0 picks a free one)', intArg(0))
     .action(async (opts: { port?: number }, cmd: Command) => {
       const config = resolveConfig(cmd.optsWithGlobals<GlobalFlags>());
       const out = new Output(config.json);
-      const plan = planUp({ dataDir: config.dataDir, port: opts.port });
+      const first = planUp({ dataDir: config.dataDir, port: opts.port });
       // People running `osr up` read the printed summary; logs below warnings only on request.
       const startServer = await loadStartServer();
       const server = await startServer({
-        dataDir: plan.dataDir,
-        host: plan.host,
-        port: plan.port,
+        dataDir: first.dataDir,
+        host: first.host,
+        port: first.port,
         logLevel: process.env['OSR_LOG_LEVEL'] ?? 'warn',
       });
+      const plan = planUp({ dataDir: config.dataDir, port: first.port, serverUrl: server.url });
+      const client = new OsrClient({ server: server.url, token: server.adminToken });
       const children = new ChildGroup((name, code, signal) =>
         out.note(`osr up: ${name} ended unexpectedly (${signal ?? `exit ${code}`})`),
       );
+      let ready: UpReady | undefined;
       try {
+        await prepareUp(client, plan, DEFAULT_VAULT);
         await children.start(plan.children);
+        try {
+          ready = await finishUp(client, plan, 90_000, DEFAULT_VAULT);
+        } catch (err) {
+          out.note(`osr up: ${(err as Error).message}; carrying on (see \`osr machine list\`)`);
+        }
       } catch (err) {
-        await children.stop();
+        await children.stop(20_000);
         await server.close();
         throw err;
       }
       const hint = cliHint(server.url, plan.dataDir, process.cwd());
-      const ready = {
+      const machines = (ready?.machines ?? []).map((m) => ({
+        name: m.name,
+        powerState: m.powerState,
+        disks: m.disks.map((d) => ({ id: d.id, nbdUri: d.nbdUri })),
+      }));
+      const summary = {
         url: server.url,
         dataDir: plan.dataDir,
         adminToken: server.adminToken,
         adminTokenFile: adminTokenPath(plan.dataDir),
         vault: DEFAULT_VAULT,
         children: plan.children.map((c) => c.name),
+        sites: plan.sites.map((s) => ({ name: s.name, kind: s.kind, siteDir: s.siteDir })),
+        machines,
       };
-      out.result(ready, () => {
+      out.result(summary, () => {
         out.line(`osr is up at ${server.url}`);
         out.line(`Data folder:  ${plan.dataDir}`);
-        out.line(`Admin token:  ${server.adminToken}  (also in ${ready.adminTokenFile})`);
+        out.line(`Admin token:  ${server.adminToken}  (also in ${summary.adminTokenFile})`);
         out.line(`Vault:        ${DEFAULT_VAULT}`);
+        for (const st of plan.sites) out.line(`Site:         ${st.name} (${st.kind}), folder ${st.siteDir}`);
         for (const c of plan.children) out.line(`Started:      ${c.name}`);
+        for (const m of machines) {
+          out.line(
+            `Machine:      ${m.name} ${m.powerState}  ${m.disks.map((d) => `${d.id}=${d.nbdUri ?? '-'}`).join(' ')}`,
+          );
+        }
         out.line('');
         out.line('Try next (in another terminal, from this folder):');
-        out.line(`  osr${hint} vault list`);
         out.line(`  osr${hint} site list`);
+        out.line(`  osr${hint} agent list`);
         out.line(`  osr${hint} machine list`);
+        out.line(`  osr${hint} workload ledger-check --disk <a disk's nbd:// address>`);
         out.line(`  osr${hint} job list`);
         out.line('Stop with Ctrl-C; run `osr up` again to carry on with the same data and token.');
       });
       await waitForShutdownSignal();
-      await children.stop();
+      await children.stop(20_000);
       await server.close();
       if (!config.json) out.line('osr stopped');
     });

@@ -7,7 +7,7 @@
  * responding (78093), datastore not reachable from the host (8061).
  */
 import { constants as fsConstants } from 'node:fs';
-import { access, mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { access, mkdir, open, readFile, readdir, rm, stat } from 'node:fs/promises';
 import * as net from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +42,7 @@ export * from './machines.js';
 export * from './site.js';
 export { MachineDiskServer, SwitchableObserver, ensureImage } from './disks.js';
 export { qemuAvailable } from './runtime-qemu.js';
+export * from './demo.js';
 
 /** The log calls the driver makes (pino's signature). */
 export interface FabricLogger {
@@ -294,7 +295,6 @@ export class LocalFabric implements FabricDriver {
       }
     };
     await sig(join(this.siteDir, SITE_FILE));
-    const { readdir } = await import('node:fs/promises');
     let names: string[] = [];
     try {
       names = (await readdir(join(this.siteDir, MACHINES_DIR))).sort();
@@ -408,7 +408,8 @@ export class LocalFabric implements FabricDriver {
         }
         await this.#state.update(name, { pid: undefined, argv: undefined });
       }
-      if (this.#o.autostart && st?.desired === 'Running') {
+      const wanted = st?.desired === 'Running' || (e.config.autostart && st?.desired !== 'Stopped');
+      if (this.#o.autostart && wanted) {
         try {
           await this.powerOn(name);
           this.#o.log.info({ machine: name }, 'powered on again (it was running when the agent stopped)');

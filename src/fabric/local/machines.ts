@@ -59,6 +59,8 @@ export interface MachineConfig {
   httpPort: number | null;
   /** Snapshots the machine has on its host (R-RP-9 refuses reprotect while there are any). */
   snapshots: string[];
+  /** Power on when the agent starts, unless an operator shut it down (like a hypervisor's autostart). */
+  autostart: boolean;
 }
 
 const FIELDS = [
@@ -76,6 +78,7 @@ const FIELDS = [
   'command',
   'httpPort',
   'snapshots',
+  'autostart',
 ] as const;
 
 /** Validates a parsed `machine.json` against its site; `file` is used in error messages. */
@@ -194,7 +197,14 @@ export function parseMachineConfig(raw: unknown, file: string, site: SiteConfig)
         ? null
         : integer(o['httpPort'], child(at, 'httpPort')),
     snapshots: array(o['snapshots'], snapAt, true).map((s, i) => string(s, child(snapAt, i))),
+    autostart: booleanField(o['autostart'], child(at, 'autostart')),
   };
+}
+
+function booleanField(v: unknown, at: At): boolean {
+  if (v === undefined) return false;
+  if (typeof v !== 'boolean') throw invalid(at, 'must be true or false');
+  return v;
 }
 
 /** A machine folder that could not be read, with the reason. */
@@ -278,6 +288,7 @@ export async function writeMachineConfig(siteDir: string, m: MachineConfig): Pro
   if (m.command !== null) body['command'] = m.command;
   if (m.httpPort !== null) body['httpPort'] = m.httpPort;
   if (m.snapshots.length > 0) body['snapshots'] = m.snapshots;
+  if (m.autostart) body['autostart'] = true;
   await writeFile(file + '.tmp', JSON.stringify(body, null, 2) + '\n');
   await rename(file + '.tmp', file);
 }

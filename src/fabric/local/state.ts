@@ -10,7 +10,8 @@ import { join } from 'node:path';
 
 /** The remembered state of one machine. */
 export interface MachineRuntimeState {
-  desired: 'Running' | 'Stopped';
+  /** Unset until an operation decided it (autostart machines then power on). */
+  desired?: 'Running' | 'Stopped';
   nbdPort?: number;
   httpPort?: number;
   pid?: number;
@@ -53,7 +54,7 @@ export class FabricState {
 
   /** Merges `patch` into the machine's state and writes the file durably. */
   async update(machine: string, patch: Partial<MachineRuntimeState>): Promise<MachineRuntimeState> {
-    const next: MachineRuntimeState = { desired: 'Stopped', ...this.#machines[machine], ...patch };
+    const next: MachineRuntimeState = { ...this.#machines[machine], ...patch };
     for (const k of Object.keys(next) as (keyof MachineRuntimeState)[])
       if (next[k] === undefined) delete next[k];
     this.#machines[machine] = next;
