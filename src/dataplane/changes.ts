@@ -43,8 +43,20 @@ export interface MarkerChange extends ChangeBase {
   readonly pointId: string;
 }
 
+/**
+ * Brackets a resync in the stream (added compatibly in protocol/record version 1: older streams simply never
+ * carry it). After `begin` the source puts differing blocks into the stream in no write order (journal overflow,
+ * a salvaged journal record), so until `end` the replica is not a consistent image of any moment: no recovery
+ * point may be cut inside (DRBD's "Inconsistent during resync"). Points before `begin` stay valid; after `end`
+ * the replica equals the source as of that seq. A repeated `begin` (a resync restarted) is harmless.
+ */
+export interface ResyncChange extends ChangeBase {
+  readonly kind: 'resync';
+  readonly phase: 'begin' | 'end';
+}
+
 /** One element of the replication stream. */
-export type Change = WriteChange | ZeroChange | MarkerChange;
+export type Change = WriteChange | ZeroChange | MarkerChange | ResyncChange;
 
 /** The disks of a replicated item and their sizes. */
 export interface DiskSpec {

@@ -353,6 +353,12 @@ test('a flipped bit in a journal record: refused with a clear error, salvaged, a
     assert.equal(p.journal.resyncRequired, true);
     await assert.rejects(p.journal.addMarker('crash-consistent', 'refused'), ResyncRequiredError);
     await churn(p, rnd, 50);
+    // The replica learns from the stream that it is inside a resync: it refuses to cut a point now.
+    await p.sender.waitForAck(p.journal.lastSeq);
+    await p.store.process();
+    assert.equal(p.store.status().resyncing, true);
+    await assert.rejects(p.store.cutLatest(), { code: 'RESYNC_IN_PROGRESS' });
+    const before = p.store.latestProcessed();
     const result = await runResync({
       journal: p.journal,
       disks: p.disks,
@@ -364,6 +370,9 @@ test('a flipped bit in a journal record: refused with a clear error, salvaged, a
     assert.ok(result.blocksDiffering >= 1, 'the block the damaged record wrote was resent');
     assert.equal(p.journal.resyncRequired, false);
     await assertLevel(p, 'flipped journal bit');
+    assert.equal(p.store.status().resyncing, false, 'the resync end reached the replica');
+    assert.equal(before, undefined, 'no point was cut before or inside the resync');
+    assert.equal((await p.store.cutLatest()).type, 'crash-consistent', 'points can be cut again');
   } finally {
     await p.close();
     t.remove();

@@ -41,7 +41,7 @@ export function tempDir(prefix = 'osr-src-'): { dir: string; remove: () => void 
 
 /** Applies one change to a disk (markers change nothing). */
 export async function applyChange(disks: ReadonlyMap<string, BlockBackend>, c: Change): Promise<void> {
-  if (c.kind === 'marker') return;
+  if (c.kind === 'marker' || c.kind === 'resync') return;
   const d = disks.get(c.diskId);
   if (!d) throw new Error(`change for unknown disk ${c.diskId}`);
   if (c.kind === 'write') {

@@ -248,8 +248,13 @@ test('beyond the cap the journal keeps a persisted dirty bitmap and needs resync
     assert.equal(j2.mode, 'resync');
     const o2 = j2.attach('d0', new MemoryBackend(4 * MiB));
     await o2.write(0, Buffer.alloc(10, 4));
-    assert.equal(j2.lastSeq, stored + 1, 'changes are journaled again during resync');
-    assert.equal(j2.completeResync(), true);
+    assert.equal(j2.lastSeq, stored + 2, 'the resync begin, then changes are journaled again');
+    const begin = await j2.read(stored + 1, 1024);
+    assert.deepEqual(
+      begin.map((e) => (e.kind === 'resync' ? e.phase : e.kind)),
+      ['begin', 'write'],
+    );
+    assert.equal(await j2.completeResync(), true);
     assert.equal(j2.resyncRequired, false);
     assert.equal(typeof (await j2.addMarker('crash-consistent', 'after')), 'number');
     await j2.close();
@@ -287,4 +292,17 @@ test('a reserved slot holds later records back until it is filled', async () => 
   } finally {
     t.remove();
   }
+});
+
+test('resync brackets and tombstones round-trip through the record codec', async () => {
+  const { encodeRecord, encodeTombstone, probeRecord } = await import('./record.js');
+  for (const phase of ['begin', 'end'] as const) {
+    const p = probeRecord(encodeRecord({ kind: 'resync', seq: 9, time: 5, phase }));
+    assert.ok(p.status === 'ok');
+    assert.deepEqual(p.entry, { kind: 'resync', seq: 9, time: 5, phase });
+  }
+  const t = probeRecord(encodeTombstone(12, 7, 'd0', 500));
+  assert.ok(t.status === 'ok' && t.size === 500);
+  assert.deepEqual(t.entry, { kind: 'zero', seq: 12, time: 7, diskId: 'd0', offset: 0, length: 0 });
+  assert.throws(() => encodeTombstone(1, 1, 'd0', 40), RangeError);
 });

@@ -473,6 +473,9 @@ export class WriteJournal {
     if (this.dirtyState === null) return new Map();
     this.dirtyState = 'resync';
     writeDirtyFile(join(this.dir, DIRTY_FILE), 'resync', this.dirty);
+    // From here the stream carries blocks out of write order: the replica must know it is inconsistent until
+    // the matching end (a repeated begin after a restart is harmless).
+    this.enqueue({ kind: 'resync', seq: this.nextSeq++, time: this.clock(), phase: 'begin' });
     return new Map([...this.dirty].map(([id, m]) => [id, m.ranges()]));
   }
 
@@ -486,6 +489,11 @@ export class WriteJournal {
     for (const m of this.dirty.values()) m.markAll();
     this.dirtyState ??= 'resync';
     writeDirtyFile(join(this.dir, DIRTY_FILE), this.dirtyState, this.dirty);
+    // In overflow the bracket opens when the resync begins (`beginResync`); otherwise the replica is
+    // inconsistent from now on (what the dirty blocks should hold is missing from the stream).
+    if (this.dirtyState === 'resync') {
+      this.enqueue({ kind: 'resync', seq: this.nextSeq++, time: this.clock(), phase: 'begin' });
+    }
   }
 
   /**
@@ -534,11 +542,18 @@ export class WriteJournal {
   }
 
   /**
-   * Ends a resync: the dirty bitmaps are dropped. Only valid when the resync started by `beginResync` completed
-   * and no overflow happened since; returns false (nothing changed) otherwise.
+   * Ends a resync: appends the resync `end` to the stream and, once it is durable, drops the dirty bitmaps. Only
+   * valid when the resync started by `beginResync` completed and no overflow happened since; resolves false
+   * (bitmaps kept) otherwise.
    */
-  completeResync(): boolean {
+  async completeResync(): Promise<boolean> {
     if (this.dirtyState !== 'resync') return this.dirtyState === null;
+    const seq = this.nextSeq++;
+    this.enqueue({ kind: 'resync', seq, time: this.clock(), phase: 'end' });
+    // The bitmaps may go only once the end is durable: losing it in a crash would leave the replica believing
+    // it is inside a resync that nothing will ever end.
+    await this.waitDurable(seq);
+    if (this.dirtyState !== 'resync') return false;
     fs.rmSync(join(this.dir, DIRTY_FILE), { force: true });
     fsyncDir(this.dir);
     this.dirtyState = null;

@@ -12,8 +12,9 @@ import { JournalFormatError } from './errors.js';
  * |-----|------|--------------------------------------------------------------------|
  * | 0   | 4    | magic `OSRJ`                                                       |
  * | 4   | 1    | version (1)                                                        |
- * | 5   | 1    | kind: 1 write, 2 zero, 3 marker                                    |
- * | 6   | 2    | flags: bit 0 app-consistent marker, bit 1 offline placeholder      |
+ * | 5   | 1    | kind: 1 write, 2 zero, 3 marker, 4 resync bracket                  |
+ * | 6   | 2    | flags: bit 0 app-consistent marker, bit 1 offline placeholder,     |
+ * |     |      | bit 2 resync end (kind 4; begin otherwise)                         |
  * | 8   | 2    | idLength                                                           |
  * | 10  | 2    | reserved (0)                                                       |
  * | 12  | 4    | dataLength                                                         |
@@ -35,6 +36,8 @@ export const MAX_RECORD_DATA = 64 * 1024 * 1024;
 const KIND_WRITE = 1;
 const KIND_ZERO = 2;
 const KIND_MARKER = 3;
+const KIND_RESYNC = 4;
+const FLAG_RESYNC_END = 4;
 const FLAG_APP_CONSISTENT = 1;
 const FLAG_OFFLINE = 2;
 const MAX_ID_LENGTH = 1024;
@@ -98,6 +101,10 @@ export function encodeRecord(entry: JournalEntry): Buffer {
       kind = KIND_MARKER;
       if (entry.markerType === 'app-consistent') flags |= FLAG_APP_CONSISTENT;
       break;
+    case 'resync':
+      kind = KIND_RESYNC;
+      if (entry.phase === 'end') flags |= FLAG_RESYNC_END;
+      break;
   }
   buf.writeUInt8(kind, 5);
   buf.writeUInt16LE(flags, 6);
@@ -159,7 +166,7 @@ export function probeRecord(buf: Buffer, at = 0): RecordProbe {
   const flags = buf.readUInt16LE(at + 6);
   const idLength = buf.readUInt16LE(at + 8);
   const dataLength = buf.readUInt32LE(at + 12);
-  if (kind < KIND_WRITE || kind > KIND_MARKER)
+  if (kind < KIND_WRITE || kind > KIND_RESYNC)
     return { status: 'bad', reason: `unknown record kind ${kind}` };
   if (idLength > MAX_ID_LENGTH || dataLength > MAX_RECORD_DATA) {
     return { status: 'bad', reason: 'impossible record lengths' };
@@ -183,6 +190,8 @@ export function probeRecord(buf: Buffer, at = 0): RecordProbe {
     entry = { kind: 'write', seq, time, diskId: id, offset, data };
   } else if (kind === KIND_ZERO) {
     entry = { kind: 'zero', seq, time, diskId: id, offset, length };
+  } else if (kind === KIND_RESYNC) {
+    entry = { kind: 'resync', seq, time, phase: (flags & FLAG_RESYNC_END) !== 0 ? 'end' : 'begin' };
   } else {
     const markerType: MarkerType =
       (flags & FLAG_APP_CONSISTENT) !== 0 ? 'app-consistent' : 'crash-consistent';
@@ -199,6 +208,7 @@ export function decodeRecord(buf: Buffer, at = 0): { entry: JournalEntry; size: 
 }
 
 function entryId(entry: JournalEntry): string {
+  if (entry.kind === 'resync') return '';
   return entry.kind === 'marker' ? entry.pointId : entry.diskId;
 }
 

@@ -18,6 +18,8 @@ export type ReplicaErrorCode =
   | 'DISKS_MISMATCH'
   /** An overlay file belongs to another disk or point than asked. */
   | 'OVERLAY_MISMATCH'
+  /** A point was asked for while the replica is inside a resync (not a consistent image of any moment). */
+  | 'RESYNC_IN_PROGRESS'
   /** Used after `close()`. */
   | 'CLOSED';
 

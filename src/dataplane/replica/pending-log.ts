@@ -6,6 +6,8 @@ import { fdatasync, preadExact, pwriteAll } from './fs-util.js';
 import {
   decodeRecord,
   encodeRecord,
+  FLAG_RESYNC_BEGIN,
+  FLAG_RESYNC_END,
   PENDING_MAGIC,
   RecordKind,
   recordSize,
@@ -284,6 +286,16 @@ function fieldsOf(c: Change): RecordFields {
         length: c.length,
         id: c.diskId,
       };
+    case 'resync':
+      return {
+        kind: RecordKind.MARKER,
+        flags: c.phase === 'begin' ? FLAG_RESYNC_BEGIN : FLAG_RESYNC_END,
+        seq: c.seq,
+        time: c.time,
+        offset: 0,
+        length: 0,
+        id: '',
+      };
     case 'marker':
       return {
         kind: RecordKind.MARKER,
@@ -305,6 +317,9 @@ function changeOf(r: RecordFields): Change {
     case RecordKind.ZERO:
       return { kind: 'zero', seq: r.seq, time: r.time, diskId: r.id, offset: r.offset, length: r.length };
     case RecordKind.MARKER:
+      if ((r.flags & (FLAG_RESYNC_BEGIN | FLAG_RESYNC_END)) !== 0) {
+        return { kind: 'resync', seq: r.seq, time: r.time, phase: resyncPhase(r.flags) };
+      }
       return {
         kind: 'marker',
         seq: r.seq,
@@ -317,8 +332,19 @@ function changeOf(r: RecordFields): Change {
   }
 }
 
+function resyncPhase(flags: number): 'begin' | 'end' {
+  return (flags & FLAG_RESYNC_END) !== 0 ? 'end' : 'begin';
+}
+
 function entryOf(r: RecordFields, segment: PendingSegment, pos: number, size: number): PendingEntry {
-  const kind = r.kind === RecordKind.WRITE ? 'write' : r.kind === RecordKind.ZERO ? 'zero' : 'marker';
+  const kind =
+    r.kind === RecordKind.WRITE
+      ? 'write'
+      : r.kind === RecordKind.ZERO
+        ? 'zero'
+        : (r.flags & (FLAG_RESYNC_BEGIN | FLAG_RESYNC_END)) !== 0
+          ? 'resync'
+          : 'marker';
   if (r.kind !== RecordKind.WRITE && r.kind !== RecordKind.ZERO && r.kind !== RecordKind.MARKER) {
     throw new ReplicaError(
       'REPLICA_CORRUPT',

@@ -35,6 +35,10 @@ export type RecordKind = (typeof RecordKind)[keyof typeof RecordKind];
 
 /** Flag of undo records: the last record saved for its change (a change may be saved as several records). */
 export const FLAG_LAST = 1;
+/** Flag of pending MARKER records: not a point but a resync bracket's begin (see `ResyncChange`). */
+export const FLAG_RESYNC_BEGIN = 2;
+/** Flag of pending MARKER records: a resync bracket's end. */
+export const FLAG_RESYNC_END = 4;
 
 /** A decoded record. `data` is a view into the buffer it was decoded from. */
 export interface RecordFields {

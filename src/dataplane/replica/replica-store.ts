@@ -71,6 +71,8 @@ export interface ReplicaStatus {
   /** Source time of the last applied change (ms), when there is one. */
   readonly lastProcessedTime?: number;
   readonly processorRunning: boolean;
+  /** Inside a resync (between a processed `begin` and its `end`): no point can be cut. */
+  readonly resyncing: boolean;
   /** Set once a failover was committed on this store. */
   readonly committed?: { readonly pointId: string; readonly time: number };
   readonly health: ReplicaHealth;
@@ -361,6 +363,13 @@ export class ReplicaStore implements ChangeSink {
       this.assertOpen();
       if (this.state.committed)
         throw new ReplicaError('COMMITTED', 'the replica was committed; it keeps no points');
+      if (this.state.resyncSeq !== undefined) {
+        throw new ReplicaError(
+          'RESYNC_IN_PROGRESS',
+          `a resync began at seq ${this.state.resyncSeq} and has not ended: the replica is not consistent now; ` +
+            'use a point from before it (latest processed)',
+        );
+      }
       const seq = this.appliedInMemory + 1;
       const newest = this.undo.points().at(-1);
       // Nothing but markers since the newest point: it already holds every received change.
@@ -534,6 +543,9 @@ export class ReplicaStore implements ChangeSink {
       reason = `The processor stopped: ${this.processorError.message}`;
     } else if (this.state.committed) {
       reason = 'Failover committed; this replica no longer replicates.';
+    } else if (this.state.resyncSeq !== undefined) {
+      health = 'Warning';
+      reason = `Resync in progress since seq ${this.state.resyncSeq}; no new recovery point until it completes.`;
     } else if (!newest) {
       health = 'Warning';
       reason = 'No recovery point yet (initial replication may still be running).';
@@ -556,6 +568,7 @@ export class ReplicaStore implements ChangeSink {
       ...(app ? { newestAppConsistentPoint: app } : {}),
       ...(this.lastAppliedTime !== undefined ? { lastProcessedTime: this.lastAppliedTime } : {}),
       processorRunning: this.processor !== undefined,
+      resyncing: this.state.resyncSeq !== undefined,
       ...(this.state.committed
         ? { committed: { pointId: this.state.committed.pointId, time: this.state.committed.time } }
         : {}),
@@ -586,9 +599,15 @@ export class ReplicaStore implements ChangeSink {
   private async applyBatch(batch: readonly Change[]): Promise<void> {
     const inputs: UndoInput[] = [];
     const applied: Array<WriteChange | ZeroChange> = [];
+    let resyncSeq = this.state.resyncSeq;
     for (const c of batch) {
+      if (c.kind === 'resync') {
+        resyncSeq = c.phase === 'begin' ? c.seq : undefined;
+        continue;
+      }
       if (c.kind === 'marker') {
-        if (!this.undo.hasPointRecord(c.pointId)) {
+        // Inside a resync the image is not consistent: a marker there (sources never send one) makes no point.
+        if (resyncSeq === undefined && !this.undo.hasPointRecord(c.pointId)) {
           inputs.push({
             kind: 'point',
             seq: c.seq,
@@ -617,6 +636,8 @@ export class ReplicaStore implements ChangeSink {
     // The base must be durable before the state says it is applied: otherwise a crash could lose base bytes
     // whose pending records are about to be deleted.
     for (const b of touched) await b.flush();
+    const { resyncSeq: _old, ...rest } = this.state;
+    this.state = resyncSeq === undefined ? rest : { ...rest, resyncSeq };
     this.saveState({ appliedSeq: last.seq });
     this.pending.dropUpTo(last.seq);
   }
@@ -777,6 +798,11 @@ export class ReplicaStore implements ChangeSink {
 
   private validate(c: Change): void {
     if (!Number.isSafeInteger(c.time)) throw new ReplicaError('INVALID_CHANGE', `seq ${c.seq}: bad time`);
+    if (c.kind === 'resync') {
+      if (c.phase !== 'begin' && c.phase !== 'end')
+        throw new ReplicaError('INVALID_CHANGE', `seq ${c.seq}: bad resync phase`);
+      return;
+    }
     if (c.kind === 'marker') {
       if (!c.pointId) throw new ReplicaError('INVALID_CHANGE', `seq ${c.seq}: marker without a point id`);
       return;

@@ -31,6 +31,11 @@ export interface ReplicaState {
   /** Set once a failover was committed: the base is the failed-over disk, no history is kept. */
   readonly committed?: { readonly pointId: string; readonly pointSeq: number; readonly time: number };
   readonly commitIntent?: CommitIntent;
+  /**
+   * Seq of the resync `begin` processed last while no `end` followed: the base is inside a resync and no point
+   * may be cut (see `ResyncChange`). Absent otherwise (and in stores written before resync brackets existed).
+   */
+  readonly resyncSeq?: number;
 }
 
 /**

@@ -38,6 +38,7 @@ export class DiskModel {
 
   /** Applies one change (markers snapshot the disks). */
   apply(c: Change): void {
+    if (c.kind === 'resync') return;
     if (c.kind === 'marker') {
       this.atPoint.set(c.pointId, new Map([...this.disks].map(([id, b]) => [id, Buffer.from(b)])));
       this.pointSeq.set(c.pointId, c.seq);

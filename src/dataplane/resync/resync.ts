@@ -129,6 +129,6 @@ export async function runResync(options: ResyncOptions): Promise<ResyncResult> {
     }
   }
   await journal.flush();
-  const complete = scope === 'dirty' ? journal.completeResync() : true;
+  const complete = scope === 'dirty' ? await journal.completeResync() : true;
   return { blocksCompared, blocksDiffering, bytesCompared, bytesSent, hashBytes, lastSeq, complete };
 }

@@ -17,6 +17,8 @@ function sample(): JournalEntry[] {
     { kind: 'marker', seq: 5, time: 1004, markerType: 'app-consistent', pointId: 'pt-1' },
     { kind: 'offline', seq: 6, time: 1005, diskId: 'disk-a', offset: 0, length: 1 << 20 },
     { kind: 'write', seq: 7, time: 1006, diskId: 'disk-a', offset: 0, data: Buffer.alloc(0) },
+    { kind: 'resync', seq: 8, time: 1007, phase: 'begin' },
+    { kind: 'resync', seq: 9, time: 1008, phase: 'end' },
   ];
 }
 

@@ -16,6 +16,7 @@ const K_WRITE = 1;
 const K_ZERO = 2;
 const K_MARKER = 3;
 const K_OFFLINE = 4;
+const K_RESYNC = 5;
 
 /** What encoding a batch did, for the status figures. */
 export interface EncodedBatch {
@@ -33,7 +34,8 @@ export interface EncodedBatch {
  * - write (1): u16 id length, disk id, u64 offset, u32 length, u16 run count, runs of (u8 0 data | 1 zero, u32
  *   length), then the bytes of the data runs;
  * - zero (2) and offline placeholder (4): u16 id length, disk id, u64 offset, u64 length;
- * - marker (3): u8 0 crash | 1 app, u16 id length, point id.
+ * - marker (3): u8 0 crash | 1 app, u16 id length, point id;
+ * - resync bracket (5): u8 0 begin | 1 end.
  * A write that is all zero blocks is sent as a zero change. With `compress` the body is brotli quality 1 and
  * the payload is u32 raw length + the brotli stream.
  */
@@ -55,6 +57,13 @@ export async function encodeBatch(
       b.writeBigUInt64LE(BigInt(Math.trunc(e.time)), 9);
       return b;
     };
+    if (e.kind === 'resync') {
+      const b = head(K_RESYNC, 1);
+      b.writeUInt8(e.phase === 'end' ? 1 : 0, 17);
+      parts.push(b);
+      rawBytes += b.length;
+      continue;
+    }
     if (e.kind === 'marker') {
       const id = Buffer.from(e.pointId, 'utf8');
       const b = head(K_MARKER, 3);
@@ -157,7 +166,12 @@ function parseBody(body: Buffer): JournalEntry[] {
     const seq = Number(body.readBigUInt64LE(at + 1));
     const time = Number(body.readBigUInt64LE(at + 9));
     at += 17;
-    if (kind === K_MARKER) {
+    if (kind === K_RESYNC) {
+      const phase = body.readUInt8(at);
+      at += 1;
+      if (phase > 1) throw new FrameError(`malformed batch: resync phase ${phase}`);
+      out.push({ kind: 'resync', seq, time, phase: phase === 1 ? 'end' : 'begin' });
+    } else if (kind === K_MARKER) {
       const type = body.readUInt8(at);
       const idLen = body.readUInt16LE(at + 1);
       at += 3;
