@@ -1,0 +1,303 @@
+/**
+ * Agent tests: a real control plane in-process (port 0, its own temp folder, optional
+ * test clock and short heartbeat timeout), a second store connection to enqueue
+ * commands the way workflow steps do, generated site folders, and real `osr agent`
+ * processes whose output is collected.
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServer } from '../../src/api/server.js';
+import type { RunningServer } from '../../src/api/server.js';
+import type { Clock } from '../../src/jobs/types.js';
+import type { AgentCommand } from '../../src/domain/model.js';
+import { createStore } from '../../src/store/index.js';
+import type { Store } from '../../src/store/index.js';
+import { writeDemoSite } from '../../src/fabric/local/index.js';
+import { processCommandLine } from '../../src/fabric/local/runtime-process.js';
+import type { DemoMachine } from '../../src/fabric/local/index.js';
+
+/** The repository root (this file runs from dist/test/agent). */
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const BIN = join(ROOT, 'bin', 'osr.js');
+
+/** Polls `probe` until it returns a value other than undefined/false, or fails after `timeoutMs`. */
+export async function waitUntil<T>(
+  what: string,
+  probe: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 20_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined && v !== false) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ''}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A clock tests can move forward. */
+export class OffsetClock implements Clock {
+  offsetMs = 0;
+  now(): Date {
+    return new Date(Date.now() + this.offsetMs);
+  }
+}
+
+/** A control plane for agent tests. */
+export interface World {
+  tmp: string;
+  dataDir: string;
+  server: RunningServer;
+  store: Store;
+  clock: OffsetClock;
+  api<T = unknown>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }>;
+  /** Creates a site (if needed) and a key file for it; returns the key file path. */
+  keyFile(site: string, kind?: 'onprem' | 'cloud'): Promise<string>;
+  /** A site folder with the given machines (ledger workloads with 1 MiB disks). */
+  siteDir(name: string, machines?: DemoMachine[], hostMemoryMb?: [number, number]): Promise<string>;
+  /** Enqueues a command for the site's newest agent, as a workflow step does. */
+  enqueue(site: string, id: string, type: string, payload: unknown): Promise<AgentCommand>;
+  /** Waits until the command has a result. */
+  result(id: string, timeoutMs?: number): Promise<AgentCommand>;
+  agents(): Promise<{ id: string; siteId: string; connection: string; friendlyName: string }[]>;
+  close(): Promise<void>;
+}
+
+/** Starts a control plane in a fresh temp folder. */
+export async function startWorld(options: { heartbeatTimeoutMs?: number } = {}): Promise<World> {
+  const tmp = mkdtempSync(join(tmpdir(), 'osr-agent-'));
+  const dataDir = join(tmp, 'cp');
+  const clock = new OffsetClock();
+  const server = await startServer({
+    dataDir,
+    port: 0,
+    logLevel: 'silent',
+    clock,
+    ...(options.heartbeatTimeoutMs === undefined ? {} : { heartbeatTimeoutMs: options.heartbeatTimeoutMs }),
+  });
+  const store = await createStore({ dialect: 'sqlite', file: join(dataDir, 'osr.db') }, { migrate: false });
+  const api = async <T>(method: string, path: string, body?: unknown) => {
+    const res = await fetch(`${server.url}/api/v1${path}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${server.adminToken}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: (text === '' ? undefined : JSON.parse(text)) as T };
+  };
+  const world: World = {
+    tmp,
+    dataDir,
+    server,
+    store,
+    clock,
+    api,
+    async keyFile(site, kind = 'onprem') {
+      const existing = await api('GET', `/vaults/default/sites/${site}`);
+      if (existing.status === 404) await api('POST', '/vaults/default/sites', { name: site, kind });
+      const r = await api<{ keyFile: unknown }>('POST', `/vaults/default/sites/${site}/keys`, {});
+      if (r.status !== 201) throw new Error(`key for ${site}: ${r.status} ${JSON.stringify(r.body)}`);
+      const file = join(tmp, `${site}-${Date.now()}-${Math.random().toString(36).slice(2)}.key.json`);
+      writeFileSync(file, JSON.stringify(r.body.keyFile));
+      return file;
+    },
+    async siteDir(name, machines = [], hostMemoryMb) {
+      const dir = join(tmp, 'sites', name);
+      await writeDemoSite(dir, {
+        kind: 'onprem',
+        octet: 1,
+        machines: machines.map((m) => ({ diskBytes: 1024 * 1024, rate: 20, ...m })),
+        ...(hostMemoryMb === undefined ? {} : { hostMemoryMb }),
+      });
+      return dir;
+    },
+    async enqueue(site, id, type, payload) {
+      const s = await store.sites.get((await store.vaults.get('default')).id, site);
+      const agent = await store.agents.findBySite(s.id);
+      if (agent === undefined) throw new Error(`no agent for ${site}`);
+      return store.commands.enqueue({ id, agentId: agent.id, type, payload }, new Date().toISOString());
+    },
+    result(id, timeoutMs = 30_000) {
+      return waitUntil(
+        `the result of command ${id}`,
+        async () => {
+          const c = await store.commands.find(id);
+          return c !== undefined && (c.state === 'Succeeded' || c.state === 'Failed') ? c : undefined;
+        },
+        timeoutMs,
+      );
+    },
+    async agents() {
+      const r = await api<{
+        items: { id: string; siteId: string; connection: string; friendlyName: string }[];
+      }>('GET', '/vaults/default/agents?limit=1000');
+      return r.body.items;
+    },
+    async close() {
+      try {
+        await store.close();
+        await server.close();
+      } finally {
+        killMachines(tmp);
+        rmSync(tmp, { recursive: true, force: true });
+      }
+    },
+  };
+  return world;
+}
+
+/**
+ * SIGKILLs machine processes that agents under `dir` recorded (`<agent data>/fabric/fabric-state.json`),
+ * so a failed test that killed an agent hard leaves no workload behind.
+ */
+export function killMachines(dir: string): void {
+  for (const agentDir of readdirSync(dir)) {
+    const file = join(dir, agentDir, 'fabric', 'fabric-state.json');
+    if (!existsSync(file)) continue;
+    const state = JSON.parse(readFileSync(file, 'utf8')) as { machines: Record<string, { pid?: number }> };
+    for (const m of Object.values(state.machines)) {
+      if (m.pid === undefined || !(processCommandLine(m.pid) ?? []).includes('workload')) continue;
+      try {
+        process.kill(m.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
+/** A running `osr` process (agent) with its output. */
+export interface Proc {
+  child: ChildProcess;
+  out(): string;
+  err(): string;
+  /** Resolves with the first match of `pattern` in stdout+stderr. */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGTERM (or `signal`) and wait for the end. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+const running = new Set<Proc>();
+
+/** Kills what a test left running. */
+export async function killAll(): Promise<void> {
+  for (const p of running) {
+    if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+    await p.exited;
+  }
+  running.clear();
+}
+
+/** The environment of a child: this one's without OSR_*. */
+export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('OSR_')) env[k] = v;
+  return { ...env, ...extra };
+}
+
+/** Spawns `osr args…`. */
+export function spawnOsr(args: string[], cwd = ROOT): Proc {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    cwd,
+    env: cleanEnv(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  const listeners = new Set<() => void>();
+  child.stdout.on('data', (c: Buffer) => {
+    out += c.toString();
+    for (const l of listeners) l();
+  });
+  child.stderr.on('data', (c: Buffer) => {
+    err += c.toString();
+    for (const l of listeners) l();
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+    child.once('exit', (code, signal) => {
+      for (const l of listeners) l();
+      r({ code, signal });
+    }),
+  );
+  const p: Proc = {
+    child,
+    out: () => out,
+    err: () => err,
+    exited,
+    waitFor(pattern, timeoutMs = 30_000) {
+      return new Promise((resolvePromise, reject) => {
+        const check = (): void => {
+          const m = pattern.exec(out + err);
+          if (m) {
+            done();
+            resolvePromise(m);
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            done();
+            reject(new Error(`osr ended before printing ${String(pattern)}:\n${out}\n${err}`));
+          }
+        };
+        const timer = setTimeout(() => {
+          done();
+          reject(new Error(`osr did not print ${String(pattern)} within ${timeoutMs} ms:\n${out}\n${err}`));
+        }, timeoutMs);
+        const done = (): void => {
+          clearTimeout(timer);
+          listeners.delete(check);
+        };
+        listeners.add(check);
+        check();
+      });
+    },
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+  running.add(p);
+  return p;
+}
+
+/** Spawns an agent for `site` and waits until it runs; extra args are appended. */
+export async function startAgent(
+  w: World,
+  o: { site: string; siteDir: string; dataDir: string; keyFile?: string; server?: string; extra?: string[] },
+): Promise<Proc> {
+  const p = spawnOsr([
+    'agent',
+    '--site',
+    o.site,
+    '--server',
+    o.server ?? w.server.url,
+    '--site-dir',
+    o.siteDir,
+    '--data',
+    o.dataDir,
+    ...(o.keyFile === undefined ? [] : ['--key', o.keyFile]),
+    '--poll-wait',
+    '2000',
+    '--inventory-poll',
+    '100',
+    '--backoff-max',
+    '400',
+    '--shutdown-timeout',
+    '5000',
+    ...(o.extra ?? []),
+  ]);
+  await p.waitFor(/osr agent \S+ running for site/);
+  return p;
+}
