@@ -107,7 +107,7 @@ export class HttpClient {
         path: url.pathname + url.search,
         method: req.method,
         headers,
-        agent: false,
+        // No `agent`: only without one does the request use `createConnection` (the tunnelled TLS socket).
         createConnection: () => tlsSocket,
       };
     }
