@@ -12,7 +12,8 @@
  *     down; bytes sent (journal records + resync blocks, raw) vs bytes changed — target <= 1.1x, hashes apart;
  * (d) view read throughput with about an hour of 5-minute points vs the base (`view-read.js`) — target >= 0.5x.
  *
- * `npm run bench:replication` (after `npm run build`). Options: `--churn-s 20`, `--copy-gib 2`, `--skip a,b,c,d`.
+ * `npm run bench:replication` (after `npm run build`). Options: `--churn-s 20`, `--copy-gib 2`, `--skip a,b,c,d`,
+ * `--compress off` (the initial copy's batches travel uncompressed).
  * Needs fio, nbdcopy and nbdkit on PATH.
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -204,7 +205,7 @@ async function initialCopy(): Promise<void> {
     disks: [{ id: 'os', sizeBytes: copyBytes }],
     ...identities,
     journal: { segmentBytes: 64 * MiB, capBytes: 2 * GiB },
-    sender: { maxInFlightBytes: 64 * MiB, batchBytes: 8 * MiB },
+    sender: { maxInFlightBytes: 64 * MiB, batchBytes: 8 * MiB, compress: arg('compress', 'on') !== 'off' },
   });
   dropCaches();
   const t1 = performance.now();
