@@ -24,7 +24,7 @@ export interface LedgerRecord {
 export function encodeRecord(
   seq: number,
   time: number,
-  into = Buffer.alloc(RECORD_SIZE),
+  into: Buffer = Buffer.alloc(RECORD_SIZE),
   offset = 0,
 ): Buffer {
   const r = into.subarray(offset, offset + RECORD_SIZE);
