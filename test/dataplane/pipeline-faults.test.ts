@@ -74,11 +74,20 @@ function startProc(name: string, env: Record<string, string>): Proc {
   return { child, firstLine };
 }
 
+/** Signals the process and waits for it to exit; one that ignores SIGTERM for 10 s fails the test and is killed. */
 async function stopProc(p: Proc, signal: NodeJS.Signals): Promise<void> {
   if (p.child.exitCode !== null || p.child.signalCode !== null) return;
-  const exited = new Promise((r) => p.child.once('exit', r));
+  const exited = new Promise<boolean>((r) => p.child.once('exit', () => r(true)));
   p.child.kill(signal);
-  await exited;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), 10_000)));
+  const ok = await Promise.race([exited, late]);
+  clearTimeout(timer);
+  if (!ok) {
+    p.child.kill('SIGKILL');
+    await exited;
+    throw new Error(`process ${p.child.pid} did not exit on ${signal} within 10 s`);
+  }
 }
 
 test('kill -9 of the sender and of the receiver+replica process mid-stream: the replica ends exact', async () => {

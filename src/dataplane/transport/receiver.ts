@@ -1,3 +1,4 @@
+import type * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import * as tls from 'node:tls';
 import type { Change } from '../changes.js';
@@ -64,6 +65,9 @@ export class ReplicationReceiver {
   private readonly server: tls.Server;
   private readonly groups = new Map<string, GroupState>();
   private readonly sockets = new Set<tls.TLSSocket>();
+  /** Every accepted TCP connection, including those still in the TLS handshake. */
+  private readonly raw = new Set<net.Socket>();
+  private closing = false;
 
   private constructor(options: ReplicationReceiverOptions, server: tls.Server) {
     this.o = options;
@@ -82,7 +86,20 @@ export class ReplicationReceiver {
       rejectUnauthorized: false,
     });
     const receiver = new ReplicationReceiver(options, server);
+    server.on('connection', (raw: net.Socket) => {
+      if (receiver.closing) {
+        raw.destroy();
+        return;
+      }
+      receiver.raw.add(raw);
+      raw.once('close', () => receiver.raw.delete(raw));
+    });
     server.on('secureConnection', (socket: tls.TLSSocket) => {
+      // A handshake that finished after close() began must not start serving: close would wait for it forever.
+      if (receiver.closing) {
+        socket.destroy();
+        return;
+      }
       if (!peerIsPinned(socket, pins)) {
         options.onEvent?.({ type: 'refused', reason: 'sender certificate is not pinned' });
         socket.destroy();
@@ -115,8 +132,10 @@ export class ReplicationReceiver {
 
   /** Stops listening, drops every connection and waits for in-progress batches to settle. */
   async close(): Promise<void> {
+    this.closing = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.sockets) s.destroy();
+    for (const s of this.raw) s.destroy();
     await Promise.all([...this.groups.values()].map((g) => g.done));
     await closed;
   }
