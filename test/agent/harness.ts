@@ -165,6 +165,7 @@ export async function startWorld(options: { heartbeatTimeoutMs?: number } = {}):
  * so a failed test that killed an agent hard leaves no workload behind.
  */
 export function killMachines(dir: string): void {
+  if (!existsSync(dir)) return;
   for (const agentDir of readdirSync(dir)) {
     const file = join(dir, agentDir, 'fabric', 'fabric-state.json');
     if (!existsSync(file)) continue;

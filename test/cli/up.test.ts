@@ -80,9 +80,9 @@ void test('osr up starts the control plane with the default vault, answers, and 
   const sites = await runOsr(['--server', second.url, 'site', 'list', '--json'], { cwd, env: cleanEnv() });
   assert.equal(sites.code, 0, sites.stderr);
   assert.deepEqual(
-    (JSON.parse(sites.stdout) as { items: { name: string }[] }).items.map((s) => s.name),
-    ['kept'],
-    'and its data',
+    (JSON.parse(sites.stdout) as { items: { name: string }[] }).items.map((s) => s.name).sort(),
+    ['kept', 'primary', 'recovery'],
+    'and its data (next to the two local sites osr up makes)',
   );
   await stop(second.p, 'SIGTERM');
 });

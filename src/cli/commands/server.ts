@@ -154,6 +154,7 @@ export function registerServerCommands(program: Command): void {
         }
         out.line('');
         out.line('Try next (in another terminal, from this folder):');
+        out.line(`  osr${hint} vault list`);
         out.line(`  osr${hint} site list`);
         out.line(`  osr${hint} agent list`);
         out.line(`  osr${hint} machine list`);
