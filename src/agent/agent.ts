@@ -339,10 +339,7 @@ export class SiteAgent {
   }
 
   #run(): void {
-    this.#log.info(
-      { agentId: this.agentId, site: this.#credential.siteName, session: this.session },
-      'agent running',
-    );
+    this.#log.info({ agentId: this.agentId, session: this.session }, 'agent running');
     this.#unsubscribe = this.fabric.onChange(() => {
       this.#inventoryDirty = true;
       this.#wakeInventory?.();
@@ -370,8 +367,14 @@ export class SiteAgent {
       await this.#reregister();
       return;
     }
-    if (err instanceof ControlPlaneError && err.status >= 500) {
-      this.#log.warn({ code: err.code, what, err: err.message }, 'control plane error; retrying');
+    if (err instanceof ControlPlaneError) {
+      // A refused report (e.g. a body the server does not accept) must not take the site down with it:
+      // machines keep running and the report is retried with backoff.
+      const level = err.status >= 500 ? 'warn' : 'error';
+      this.#log[level](
+        { code: err.code, status: err.status, what, err: err.message, details: err.details },
+        'the control plane refused a request; retrying',
+      );
       return;
     }
     throw err;
@@ -528,6 +531,13 @@ export class SiteAgent {
           this.#log.warn(
             { commandId: cmd.id },
             'the control plane no longer knows this command; result dropped',
+          );
+          return;
+        }
+        if (err instanceof ControlPlaneError && err.status === 400) {
+          this.#log.error(
+            { commandId: cmd.id, err: err.message, details: err.details },
+            'the control plane refused the result; it stays in the command log',
           );
           return;
         }
