@@ -561,12 +561,18 @@ export class SiteAgent {
       this.#stop.abort();
       this.#wakeInventory?.();
       this.#unsubscribe?.();
-      await this.#executor.drain();
-      await Promise.all([...this.#tasks]);
-      await this.replication.close();
-      if (this.#o.fabric === undefined) await this.fabric.close();
-      await this.#commandLog.close();
-      this.#resolveDone();
+      try {
+        await this.#executor.drain();
+        await Promise.all([...this.#tasks]);
+        await this.replication.close();
+      } finally {
+        try {
+          if (this.#o.fabric === undefined) await this.fabric.close();
+        } finally {
+          await this.#commandLog.close();
+          this.#resolveDone();
+        }
+      }
     })();
     return this.#stopping;
   }

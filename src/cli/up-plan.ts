@@ -110,6 +110,7 @@ export function planUp(options: UpOptions): UpPlan {
         'warn',
         '--shutdown-timeout',
         '10000',
+        '--exit-with-parent',
       ],
       env: { OSR_LOG_LEVEL: 'warn' },
     })),

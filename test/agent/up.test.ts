@@ -135,7 +135,23 @@ void test(
       webUri,
       'disks keep their addresses',
     );
-    second.p.child.kill('SIGINT');
-    assert.equal((await second.p.exited).code, 0, second.p.err());
+    // Killed hard, `osr up` cannot stop its children; they notice their parent is gone and stop themselves.
+    const pids2 = machinePids();
+    assert.equal(pids2.length, 3);
+    second.p.child.kill('SIGKILL');
+    await second.p.exited;
+    await waitUntil(
+      'the agents and machines of a killed osr up to stop',
+      async () => {
+        const { stdout } = await exec('pgrep', ['-f', join(tmp, '.osr', 'agents')]).catch(() => ({
+          stdout: '',
+        }));
+        const left = pids2.filter((pid) => alive(pid));
+        if (stdout.trim() !== '' || left.length > 0)
+          throw new Error(`still running: agents ${stdout.trim()} machines ${left.join(',')}`);
+        return true;
+      },
+      30_000,
+    );
   },
 );

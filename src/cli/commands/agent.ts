@@ -40,6 +40,7 @@ interface AgentRunFlags {
   pollWait?: number;
   inventoryPoll?: number;
   shutdownTimeout?: number;
+  exitWithParent?: boolean;
 }
 
 function withRunOptions(cmd: Command): Command {
@@ -58,7 +59,29 @@ function withRunOptions(cmd: Command): Command {
       'how often the site folder is checked for changes (default 1000)',
       intArg(10),
     )
-    .option('--shutdown-timeout <ms>', 'graceful machine shutdown before SIGKILL (default 30000)', intArg(0));
+    .option('--shutdown-timeout <ms>', 'graceful machine shutdown before SIGKILL (default 30000)', intArg(0))
+    .option(
+      '--exit-with-parent',
+      'stop (shutting machines down) when the process that started the agent ends',
+    );
+}
+
+/**
+ * Resolves once the process that started this one has ended (polled each second): an
+ * `osr up` killed hard must not leave its agents and their machines behind.
+ */
+function parentGone(logger: { warn(obj: object, msg: string): void }): Promise<void> {
+  const parent = process.ppid;
+  return new Promise((resolveGone) => {
+    const timer = setInterval(() => {
+      if (process.ppid !== parent) {
+        clearInterval(timer);
+        logger.warn({ parent }, 'the parent process ended; stopping');
+        resolveGone();
+      }
+    }, 1000);
+    timer.unref();
+  });
 }
 
 /** Runs the agent until SIGINT/SIGTERM (or an unrecoverable error, e.g. an expired key). */
@@ -102,6 +125,10 @@ async function runAgent(cmd: Command): Promise<void> {
       log: logger,
       signal: abort.signal,
     });
+  } catch (err) {
+    // Stopped while still waiting for the control plane: a clean stop, not a failure.
+    if (abort.signal.aborted) return;
+    throw err;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -120,6 +147,7 @@ async function runAgent(cmd: Command): Promise<void> {
     await Promise.race([
       waitForShutdownSignal(() => logger.warn({}, 'already stopping; machines are being shut down')),
       agent.done,
+      ...(flags.exitWithParent === true ? [parentGone(logger)] : []),
     ]);
   } finally {
     await agent.stop();

@@ -679,7 +679,11 @@ export class LocalFabric implements FabricDriver {
   ): Promise<FabricMachine> {
     return this.#withLock(`machine:${name}`, async () => {
       const e = this.#entry(name);
-      await this.#state.update(name, { desired });
+      // The machine is stopped even when its state cannot be recorded (the error is raised after).
+      const recorded = this.#state.update(name, { desired }).then(
+        () => undefined,
+        (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
+      );
       const proc = e.proc;
       if (proc?.alive) {
         if (!graceful) {
@@ -693,8 +697,10 @@ export class LocalFabric implements FabricDriver {
             this.#o.log.warn({ machine: name, timeoutMs }, 'machine did not shut down in time; powered off');
         }
       }
-      await this.#state.update(name, { pid: undefined, argv: undefined });
       this.#emit();
+      const failed = await recorded;
+      if (failed !== undefined) throw failed;
+      await this.#state.update(name, { pid: undefined, argv: undefined });
       return this.#view(e);
     });
   }
@@ -846,13 +852,27 @@ export class LocalFabric implements FabricDriver {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#watchTimer !== undefined) clearInterval(this.#watchTimer);
+    const errors: unknown[] = [];
     await Promise.all(
-      [...this.#entries.keys()].map(async (name) => {
-        const e = this.#entries.get(name);
-        if (e?.proc?.alive) await this.#stop(name, this.#o.shutdownTimeoutMs, true, 'Running');
+      [...this.#entries.entries()].map(async ([name, e]) => {
+        if (!e.proc?.alive) return;
+        try {
+          await this.#stop(name, this.#o.shutdownTimeoutMs, true, 'Running');
+        } catch (err) {
+          errors.push(err);
+          e.proc?.signal('SIGKILL');
+        }
       }),
     );
-    for (const e of this.#entries.values()) await e.disks?.close();
+    // Every disk is closed even when something failed before, so nothing keeps the process alive.
+    for (const e of this.#entries.values()) {
+      try {
+        await e.disks?.close();
+      } catch (err) {
+        errors.push(err);
+      }
+    }
     this.#entries.clear();
+    if (errors.length > 0) throw errors[0];
   }
 }
