@@ -5,13 +5,10 @@
  * its received seqs contiguous, nothing lost and nothing applied twice.
  */
 import * as assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { ResyncRequiredError } from '../../src/dataplane/journal/errors.js';
 import { probeRecord } from '../../src/dataplane/journal/record.js';
 import { ReplicaStore } from '../../src/dataplane/replica/replica-store.js';
@@ -27,9 +24,12 @@ import {
   makeIdentity,
   mulberry32,
   randomBytes,
+  startFixture,
+  stopFixture,
   tempDir,
   waitFor,
 } from './source-support.js';
+import type { Proc } from './source-support.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -47,48 +47,6 @@ before(() => {
   dst = makeIdentity(certs.dir, 'recovery');
 });
 after(() => certs.remove());
-
-// ---- processes -------------------------------------------------------------------------------------------
-
-const fixture = (name: string): string => fileURLToPath(new URL(`../fixtures/${name}.js`, import.meta.url));
-
-interface Proc {
-  child: ChildProcess;
-  firstLine: Promise<string>;
-}
-
-function startProc(name: string, env: Record<string, string>): Proc {
-  const child = spawn(process.execPath, ['--enable-source-maps', fixture(name)], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const firstLine = new Promise<string>((resolve, reject) => {
-    let buf = '';
-    child.stdout.on('data', (d: Buffer) => {
-      buf += d.toString('utf8');
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) resolve(buf.slice(0, nl));
-    });
-    child.once('exit', (code) => reject(new Error(`${name} exited (${code}) before it was ready`)));
-  });
-  return { child, firstLine };
-}
-
-/** Signals the process and waits for it to exit; one that ignores SIGTERM for 10 s fails the test and is killed. */
-async function stopProc(p: Proc, signal: NodeJS.Signals): Promise<void> {
-  if (p.child.exitCode !== null || p.child.signalCode !== null) return;
-  const exited = new Promise<boolean>((r) => p.child.once('exit', () => r(true)));
-  p.child.kill(signal);
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), 10_000)));
-  const ok = await Promise.race([exited, late]);
-  clearTimeout(timer);
-  if (!ok) {
-    p.child.kill('SIGKILL');
-    await exited;
-    throw new Error(`process ${p.child.pid} did not exit on ${signal} within 10 s`);
-  }
-}
 
 test('kill -9 of the sender and of the receiver+replica process mid-stream: the replica ends exact', async () => {
   const t = tempDir('osr-pipe-kill-');
@@ -112,15 +70,15 @@ test('kill -9 of the sender and of the receiver+replica process mid-stream: the 
       return names.length > 0 ? Number(names[0]!.slice(4, -5)) : 0;
     };
 
-    const r1 = startProc('dp-replica-receiver', { ...base, OSR_DP_PORT: '0' });
+    const r1 = startFixture('dp-replica-receiver', { ...base, OSR_DP_PORT: '0' });
     procs.push(r1);
     const port = (await r1.firstLine).split(' ')[1]!;
-    const s1 = startProc('dp-sender', { ...base, OSR_DP_PORT: port, OSR_DP_COUNT: String(count) });
+    const s1 = startFixture('dp-sender', { ...base, OSR_DP_PORT: port, OSR_DP_COUNT: String(count) });
     procs.push(s1);
     await s1.firstLine;
     await waitFor(() => journalFirstSeq() > 300, 'the replica to acknowledge the first changes', 30_000);
-    await stopProc(r1, 'SIGKILL');
-    const r2 = startProc('dp-replica-receiver', { ...base, OSR_DP_PORT: port });
+    await stopFixture(r1, 'SIGKILL');
+    const r2 = startFixture('dp-replica-receiver', { ...base, OSR_DP_PORT: port });
     procs.push(r2);
     await r2.firstLine;
     const before2 = journalFirstSeq();
@@ -129,12 +87,12 @@ test('kill -9 of the sender and of the receiver+replica process mid-stream: the 
       'the stream to resume after the receiver died',
       30_000,
     );
-    await stopProc(s1, 'SIGKILL');
-    const s2 = startProc('dp-sender', { ...base, OSR_DP_PORT: port, OSR_DP_COUNT: String(count) });
+    await stopFixture(s1, 'SIGKILL');
+    const s2 = startFixture('dp-sender', { ...base, OSR_DP_PORT: port, OSR_DP_COUNT: String(count) });
     procs.push(s2);
     const resumedAt = Number((await s2.firstLine).split(' ')[1]);
     assert.ok(resumedAt >= before2 && resumedAt <= count, `the restarted sender found ${resumedAt} changes`);
-    await stopProc(r2, 'SIGTERM');
+    await stopFixture(r2, 'SIGTERM');
     // The last stretch is received in this process, on the same port, so the test can watch the store.
     const store = await ReplicaStore.open(replicaDir, { disks: [DP_DISK], processorIdleMs: 10 });
     const r3 = await ReplicationReceiver.listen({
@@ -146,7 +104,7 @@ test('kill -9 of the sender and of the receiver+replica process mid-stream: the 
     try {
       store.startProcessor();
       await waitFor(() => store.lastReceivedSeq() >= count, 'every change to arrive', 60_000);
-      await stopProc(s2, 'SIGTERM');
+      await stopFixture(s2, 'SIGTERM');
       await r3.close();
       // The store refuses gaps and drops resends, so contiguous receipt is `lastReceivedSeq === count`.
       assert.equal(store.lastReceivedSeq(), count, 'every change received exactly once, in order');
@@ -162,7 +120,7 @@ test('kill -9 of the sender and of the receiver+replica process mid-stream: the 
       await store.close();
     }
   } finally {
-    for (const p of procs) await stopProc(p, 'SIGTERM');
+    for (const p of procs) await stopFixture(p, 'SIGTERM');
     t.remove();
   }
 });

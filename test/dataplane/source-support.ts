@@ -2,7 +2,9 @@
  * Helpers for the source-side and transport tests: a seeded PRNG, temp folders, a model disk that replays a change
  * stream, and an in-memory `ChangeSink` that checks the stream arrives in order with no gap and no duplicate.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
@@ -196,4 +198,47 @@ export function dpChange(k: number): { offset: number; data: Buffer } {
   const len = 512 * (1 + Math.floor(rnd() * 32));
   const offset = 512 * Math.floor(rnd() * ((DP_DISK.sizeBytes - len) / 512));
   return { offset, data: randomBytes(rnd, len, true) };
+}
+
+const fixturePath = (name: string): string =>
+  fileURLToPath(new URL(`../fixtures/${name}.js`, import.meta.url));
+
+/** A fixture process under test/fixtures, and the first line it printed (its readiness line). */
+export interface Proc {
+  child: ChildProcess;
+  firstLine: Promise<string>;
+}
+
+/** Starts `test/fixtures/<name>.js` with extra environment. */
+export function startFixture(name: string, env: Record<string, string>): Proc {
+  const child = spawn(process.execPath, ['--enable-source-maps', fixturePath(name)], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const firstLine = new Promise<string>((resolve, reject) => {
+    let buf = '';
+    child.stdout.on('data', (d: Buffer) => {
+      buf += d.toString('utf8');
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) resolve(buf.slice(0, nl));
+    });
+    child.once('exit', (code) => reject(new Error(`${name} exited (${code}) before it was ready`)));
+  });
+  return { child, firstLine };
+}
+
+/** Signals the process and waits for it to exit; one that ignores SIGTERM for 10 s fails the test and is killed. */
+export async function stopFixture(p: Proc, signal: NodeJS.Signals): Promise<void> {
+  if (p.child.exitCode !== null || p.child.signalCode !== null) return;
+  const exited = new Promise<boolean>((r) => p.child.once('exit', () => r(true)));
+  p.child.kill(signal);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), 10_000)));
+  const ok = await Promise.race([exited, late]);
+  clearTimeout(timer);
+  if (!ok) {
+    p.child.kill('SIGKILL');
+    await exited;
+    throw new Error(`process ${p.child.pid} did not exit on ${signal} within 10 s`);
+  }
 }

@@ -3,43 +3,18 @@
  * change exactly once, in order, with the bytes the source wrote.
  */
 import * as assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
-import { dpChange, FileSink, makeIdentity, tempDir, waitFor } from './source-support.js';
-
-const fixture = (name: string): string => fileURLToPath(new URL(`../fixtures/${name}.js`, import.meta.url));
-
-interface Proc {
-  child: ChildProcess;
-  firstLine: Promise<string>;
-}
-
-function start(name: string, env: Record<string, string>): Proc {
-  const child = spawn(process.execPath, ['--enable-source-maps', fixture(name)], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const firstLine = new Promise<string>((resolve, reject) => {
-    let buf = '';
-    child.stdout.on('data', (d: Buffer) => {
-      buf += d.toString('utf8');
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) resolve(buf.slice(0, nl));
-    });
-    child.once('exit', (code) => reject(new Error(`${name} exited (${code}) before it was ready`)));
-  });
-  return { child, firstLine };
-}
-
-async function kill(p: Proc, signal: NodeJS.Signals): Promise<void> {
-  if (p.child.exitCode !== null || p.child.signalCode !== null) return;
-  const exited = new Promise((r) => p.child.once('exit', r));
-  p.child.kill(signal);
-  await exited;
-}
+import {
+  dpChange,
+  FileSink,
+  makeIdentity,
+  startFixture,
+  stopFixture,
+  tempDir,
+  waitFor,
+} from './source-support.js';
+import type { Proc } from './source-support.js';
 
 test('kill -9 of the receiver and of the sender mid-stream: every change arrives exactly once', async () => {
   const t = tempDir('osr-crash-');
@@ -52,20 +27,20 @@ test('kill -9 of the receiver and of the sender mid-stream: every change arrives
     const base = { OSR_DP_CERTS: t.dir, OSR_DP_SINK: sinkPath, OSR_DP_JOURNAL: join(t.dir, 'journal') };
     const received = (): number => FileSink.readAll(sinkPath).entries.length;
 
-    const r1 = start('dp-receiver', { ...base, OSR_DP_PORT: '0' });
+    const r1 = startFixture('dp-receiver', { ...base, OSR_DP_PORT: '0' });
     procs.push(r1);
     const port = (await r1.firstLine).split(' ')[1]!;
-    const s1 = start('dp-sender', { ...base, OSR_DP_PORT: port, OSR_DP_COUNT: String(count) });
+    const s1 = startFixture('dp-sender', { ...base, OSR_DP_PORT: port, OSR_DP_COUNT: String(count) });
     procs.push(s1);
     await s1.firstLine;
     await waitFor(() => received() >= 400, 'the first changes to arrive', 30_000);
-    await kill(r1, 'SIGKILL');
-    const r2 = start('dp-receiver', { ...base, OSR_DP_PORT: port });
+    await stopFixture(r1, 'SIGKILL');
+    const r2 = startFixture('dp-receiver', { ...base, OSR_DP_PORT: port });
     procs.push(r2);
     await r2.firstLine;
     await waitFor(() => received() >= 1200, 'the stream to resume after the receiver was killed', 30_000);
-    await kill(s1, 'SIGKILL');
-    const s2 = start('dp-sender', { ...base, OSR_DP_PORT: port, OSR_DP_COUNT: String(count) });
+    await stopFixture(s1, 'SIGKILL');
+    const s2 = startFixture('dp-sender', { ...base, OSR_DP_PORT: port, OSR_DP_COUNT: String(count) });
     procs.push(s2);
     const resumedAt = Number((await s2.firstLine).split(' ')[1]);
     assert.ok(
@@ -85,7 +60,7 @@ test('kill -9 of the receiver and of the sender mid-stream: every change arrives
       assert.ok(e.data.equals(want.data), `bytes of change ${e.seq}`);
     });
   } finally {
-    for (const p of procs) await kill(p, 'SIGTERM');
+    for (const p of procs) await stopFixture(p, 'SIGTERM');
     t.remove();
   }
 });
