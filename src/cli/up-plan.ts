@@ -111,6 +111,7 @@ export function planUp(options: UpOptions): UpPlan {
         '--shutdown-timeout',
         '10000',
         '--exit-with-parent',
+        String(process.pid),
       ],
       env: { OSR_LOG_LEVEL: 'warn' },
     })),

@@ -4,16 +4,19 @@
  * sync from the site folder, power operations and the seed errors as commands, the
  * control plane going away (95226) and coming back, the proxy path, and kill -9.
  */
+import { execFile } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { after, afterEach, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { ERROR_CATALOG } from '../../src/domain/errors.js';
 import type { Machine } from '../../src/domain/model.js';
-import { killAll, startAgent, startWorld, spawnOsr, waitUntil } from './harness.js';
+import { alive, BIN, killAll, spawnOsr, startAgent, startWorld, waitUntil } from './harness.js';
 import type { World } from './harness.js';
 import { startProxy } from './proxy.js';
 
+const exec = promisify(execFile);
 const worlds: World[] = [];
 afterEach(async () => {
   await killAll();
@@ -47,15 +50,6 @@ function fabricPid(dataDir: string, name: string): number | undefined {
     machines: Record<string, { pid?: number }>;
   };
   return state.machines[name]?.pid;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 void test('registers with a key, keeps its credential (0600), reports inventory and reuses the credential on restart', async () => {
@@ -415,6 +409,43 @@ void test('an unreachable control plane is logged as CONTROL_PLANE_UNREACHABLE (
   ]);
   await b.waitFor(/CONTROL_PLANE_UNREACHABLE/);
   await b.stop();
+});
+
+void test('--exit-with-parent: an agent still waiting to register stops when the process that started it ends', async () => {
+  const w = await world();
+  const key = await w.keyFile('theta');
+  const siteDir = await w.siteDir('theta');
+  // A parent that starts the agent against an address where nothing answers, prints the agent's
+  // pid and exits at once: the agent is left retrying registration with a dead parent.
+  const script = [
+    "const { spawn } = require('node:child_process');",
+    `const c = spawn(process.execPath, ${JSON.stringify([
+      BIN,
+      'agent',
+      '--site',
+      'theta',
+      '--server',
+      'http://127.0.0.1:9',
+      '--site-dir',
+      siteDir,
+      '--data',
+      join(w.tmp, 'agent-theta'),
+      '--key',
+      key,
+      '--backoff-max',
+      '200',
+      '--exit-with-parent',
+    ])}.concat(String(process.pid)), { stdio: 'ignore', detached: true });`,
+    'console.log(c.pid); c.unref();',
+  ].join('\n');
+  const { stdout } = await exec(process.execPath, ['-e', script]);
+  const pid = Number(stdout.trim());
+  assert.ok(Number.isInteger(pid) && pid > 0);
+  try {
+    await waitUntil('the orphaned agent to stop', () => !alive(pid), 15_000);
+  } finally {
+    if (alive(pid)) process.kill(pid, 'SIGKILL');
+  }
 });
 
 void test('through an HTTP proxy with credentials: every control-plane request goes via the proxy', async () => {

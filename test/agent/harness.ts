@@ -153,6 +153,7 @@ export async function startWorld(options: { heartbeatTimeoutMs?: number } = {}):
         await server.close();
       } finally {
         killMachines(tmp);
+        killProcessesMentioning(tmp);
         rmSync(tmp, { recursive: true, force: true });
       }
     },
@@ -181,6 +182,43 @@ export function killMachines(dir: string): void {
   }
 }
 
+/**
+ * Whether process `pid` still runs. A zombie (ended, not yet reaped by whoever adopted it)
+ * does not count: it holds no resources and does nothing.
+ */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    // /proc/PID/stat: "pid (comm) S …"; the state follows the last ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * SIGKILLs every process whose command line mentions `path` (agents and machines a test
+ * started under its temp folder, whoever their parent is now), so none outlives the test
+ * and holds its output pipes open.
+ */
+export function killProcessesMentioning(path: string): void {
+  for (const entry of readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    if (!(processCommandLine(pid) ?? []).some((arg) => arg.includes(path))) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+
 /** A running `osr` process (agent) with its output. */
 export interface Proc {
   child: ChildProcess;
@@ -200,6 +238,9 @@ export async function killAll(): Promise<void> {
   for (const p of running) {
     if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
     await p.exited;
+    // A grandchild that inherited the pipes must not keep this test process waiting on them.
+    p.child.stdout?.destroy();
+    p.child.stderr?.destroy();
   }
   running.clear();
 }

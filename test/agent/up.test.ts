@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import type { Machine } from '../../src/domain/model.js';
-import { killAll, killMachines, spawnOsr, waitUntil } from './harness.js';
+import { alive, killAll, killMachines, killProcessesMentioning, spawnOsr, waitUntil } from './harness.js';
 import type { Proc } from './harness.js';
 
 const exec = promisify(execFile);
@@ -21,6 +21,7 @@ const tmp = mkdtempSync(join(tmpdir(), 'osr-up-e2e-'));
 after(async () => {
   await killAll();
   killMachines(join(tmp, '.osr', 'agents'));
+  killProcessesMentioning(tmp);
   rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -49,15 +50,6 @@ function machinePids(): number[] {
   const file = join(tmp, '.osr', 'agents', 'primary', 'fabric', 'fabric-state.json');
   const state = JSON.parse(readFileSync(file, 'utf8')) as { machines: Record<string, { pid?: number }> };
   return Object.values(state.machines).flatMap((m) => (m.pid === undefined ? [] : [m.pid]));
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 void test(

@@ -40,7 +40,7 @@ interface AgentRunFlags {
   pollWait?: number;
   inventoryPoll?: number;
   shutdownTimeout?: number;
-  exitWithParent?: boolean;
+  exitWithParent?: boolean | number;
 }
 
 function withRunOptions(cmd: Command): Command {
@@ -61,27 +61,31 @@ function withRunOptions(cmd: Command): Command {
     )
     .option('--shutdown-timeout <ms>', 'graceful machine shutdown before SIGKILL (default 30000)', intArg(0))
     .option(
-      '--exit-with-parent',
-      'stop (shutting machines down) when the process that started the agent ends',
+      '--exit-with-parent [pid]',
+      'stop (shutting machines down) when the process that started the agent (whose pid it is) ends',
+      intArg(1),
     );
 }
 
 /**
- * Resolves once the process that started this one has ended (polled each second): an
- * `osr up` killed hard must not leave its agents and their machines behind.
+ * Calls `onGone` once the process that started this one has ended, that is once this
+ * process is no longer its child (checked now, then each second): an `osr up` killed hard
+ * must not leave its agents and their machines behind, whether the agent is running or
+ * still waiting to register. `parent` is the starter's pid when it passed it (a starter that
+ * died before this process read its own parent is still noticed). Returns a function that
+ * stops watching.
  */
-function parentGone(logger: { warn(obj: object, msg: string): void }): Promise<void> {
-  const parent = process.ppid;
-  return new Promise((resolveGone) => {
-    const timer = setInterval(() => {
-      if (process.ppid !== parent) {
-        clearInterval(timer);
-        logger.warn({ parent }, 'the parent process ended; stopping');
-        resolveGone();
-      }
-    }, 1000);
-    timer.unref();
-  });
+function watchParent(parent: number, onGone: () => void): () => void {
+  const check = (): boolean => {
+    if (process.ppid === parent) return false;
+    clearInterval(timer);
+    onGone();
+    return true;
+  };
+  const timer = setInterval(check, 1000);
+  timer.unref();
+  queueMicrotask(check);
+  return () => clearInterval(timer);
 }
 
 /** Runs the agent until SIGINT/SIGTERM (or an unrecoverable error, e.g. an expired key). */
@@ -104,6 +108,13 @@ async function runAgent(cmd: Command): Promise<void> {
     pino.destination(2),
   );
   const abort = new AbortController();
+  const stopWatching =
+    flags.exitWithParent !== undefined && flags.exitWithParent !== false
+      ? watchParent(flags.exitWithParent === true ? process.ppid : flags.exitWithParent, () => {
+          logger.warn({}, 'the process that started this agent ended; stopping');
+          abort.abort();
+        })
+      : () => undefined;
   const onSignal = (): void => abort.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
@@ -126,6 +137,7 @@ async function runAgent(cmd: Command): Promise<void> {
       signal: abort.signal,
     });
   } catch (err) {
+    stopWatching();
     // Stopped while still waiting for the control plane: a clean stop, not a failure.
     if (abort.signal.aborted) return;
     throw err;
@@ -134,6 +146,7 @@ async function runAgent(cmd: Command): Promise<void> {
     process.off('SIGTERM', onSignal);
   }
   if (abort.signal.aborted) {
+    stopWatching();
     await agent.stop();
     return;
   }
@@ -147,9 +160,12 @@ async function runAgent(cmd: Command): Promise<void> {
     await Promise.race([
       waitForShutdownSignal(() => logger.warn({}, 'already stopping; machines are being shut down')),
       agent.done,
-      ...(flags.exitWithParent === true ? [parentGone(logger)] : []),
+      new Promise<void>((resolveAborted) =>
+        abort.signal.addEventListener('abort', () => resolveAborted(), { once: true }),
+      ),
     ]);
   } finally {
+    stopWatching();
     await agent.stop();
   }
   if (!out.json) out.line('osr agent stopped');
