@@ -140,10 +140,13 @@ void test(
         }));
         const left = pids2.filter((pid) => alive(pid));
         if (stdout.trim() !== '' || left.length > 0)
-          throw new Error(`still running: agents ${stdout.trim()} machines ${left.join(',')}`);
+          throw new Error(
+            `still running: agents ${stdout.trim()} machines ${left.join(',')}; ` +
+              `the agents logged: ${second.p.err().slice(-2000)}`,
+          );
         return true;
       },
-      30_000,
+      60_000,
     );
   },
 );
