@@ -18,9 +18,9 @@ export interface ResyncOptions {
   /** Resolves once the other side acknowledged `seq` (`ReplicationSender.waitForAck`). */
   readonly waitForAck: (seq: number) => Promise<void>;
   /**
-   * What to compare: `dirty` (default) the journal's dirty bitmaps after an overflow, then the resync is marked
-   * complete in the journal; `all` every block of every disk (original-location failback, or a journal found
-   * damaged).
+   * What to compare: `dirty` (default) the journal's dirty bitmaps after an overflow; `all` every block of every
+   * disk (original-location failback, or a journal found damaged). Either way the stream carries `resync begin`
+   * before the first block and `resync end` after the last, and the resync is marked complete in the journal.
    */
   readonly scope?: 'dirty' | 'all';
   /** Comparison block. Default 1 MiB. */
@@ -46,8 +46,8 @@ export interface ResyncResult {
   /** Once the other side has this seq, both sides are equal (as of it). */
   readonly lastSeq: number;
   /**
-   * The journal left resync mode (`dirty` scope). False when it overflowed again meanwhile: run the resync again
-   * once the link has drained the journal.
+   * The journal left resync mode (and the bracket's end is in the stream). False when it overflowed again
+   * meanwhile: run the resync again once the link has drained the journal.
    */
   readonly complete: boolean;
 }
@@ -75,6 +75,16 @@ export async function runResync(options: ResyncOptions): Promise<ResyncResult> {
     if (journal.mode === 'overflow') await options.waitForAck(journal.lastSeq);
     ranges = journal.beginResync();
   } else {
+    // Every block is compared, and the stream carries the resync bracket like any other resync: until its end the
+    // other side is not a consistent image of any moment (blocks arrive out of write order), so it must not cut
+    // a point in between. In normal mode the journal records the whole-disk resync as durable intent (all dirty),
+    // so a resync interrupted by a crash is resumed, not forgotten with the bracket left open.
+    if (journal.mode === 'overflow') {
+      await options.waitForAck(journal.lastSeq);
+      journal.beginResync();
+    } else if (journal.mode === 'normal') {
+      journal.markAllDirty();
+    }
     ranges = new Map([...options.disks].map(([id, d]) => [id, [{ offset: 0, length: d.size }]]));
   }
   // The other side must have everything journaled before now, or its hashes would describe an older disk.
@@ -129,6 +139,6 @@ export async function runResync(options: ResyncOptions): Promise<ResyncResult> {
     }
   }
   await journal.flush();
-  const complete = scope === 'dirty' ? await journal.completeResync() : true;
+  const complete = await journal.completeResync();
   return { blocksCompared, blocksDiffering, bytesCompared, bytesSent, hashBytes, lastSeq, complete };
 }
