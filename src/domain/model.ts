@@ -269,9 +269,20 @@ export interface FailoverRecord {
   /** Site kinds of the failover direction (R-FO-10 allows cancel only cloud→onprem). */
   fromKind: SiteKind;
   toKind: SiteKind;
-  /** Machine created at the target by this failover. */
+  /**
+   * The machine at the other side of the current replication direction: the machine a
+   * failover brought up at the target, or — after reprotect — the machine at the new
+   * target that holds the reverse replica (the original machine, or the one created at
+   * an alternate location), which a failback brings up.
+   */
   targetMachineId: string | null;
   startedAt: string;
+  /** Journal sequence of the point the failed-over machine runs at. */
+  sequence?: number;
+  /** Hypervisor type of the machine first protected; failback refuses another type (R-RP-7). */
+  sourceHypervisor?: HypervisorType;
+  /** How the last reprotect placed the reverse replica (R-RP-2). */
+  reverseLocation?: 'original' | 'alternate';
 }
 
 /** A machine with replication enabled, and its replica [replication protected item]. */

@@ -30,6 +30,162 @@ export type AgentCommandType =
   | 'machine.delete'
   | 'machine.check';
 
+/**
+ * The failover-lifecycle commands (docs/agent-protocol.md §8). They are kept apart from
+ * {@link AgentCommandType} — the set an agent must implement today — so an agent adds
+ * them as its data plane grows; an agent that does not know one answers
+ * OPERATION_UNAVAILABLE and the job step fails with that code.
+ *
+ * Recovery side (`replica.*`) works on the item's replica store: points are journal
+ * sequences; an *exposure* is a read-only view at a point plus a writable sparse
+ * overlay, served as NBD disks, one per purpose (`test` for a drill, `failover` for
+ * the machine of a failover). Source side (`replication.drain`, `replication.reverse`).
+ */
+export type LifecycleCommandType =
+  | 'replica.point'
+  | 'replica.expose'
+  | 'replica.swapPoint'
+  | 'replica.commit'
+  | 'replica.release'
+  | 'replica.snapshot'
+  | 'replica.revert'
+  | 'replication.drain'
+  | 'replication.reverse';
+
+/** Every command type the control plane sends. */
+export type ControlPlaneCommandType = AgentCommandType | LifecycleCommandType;
+
+/** What an exposure is for: a test failover's machine or a failover's machine. */
+export type ExposurePurpose = 'test' | 'failover';
+
+/** A recovery point as the commands name it: its journal sequence (the truth) and the control plane's id. */
+export interface PointRef {
+  sequence: number;
+  pointId: string | null;
+}
+
+/** `replica.point` (recovery agent): process everything received and cut a crash-consistent point. */
+export interface ReplicaPointPayload {
+  itemId: string;
+  /** Wait until batches up to this sequence have arrived first (planned failover after a drain). */
+  minSequence?: number;
+  /** How long to wait for `minSequence` before failing with REPLICATION_UNHEALTHY. */
+  timeoutMs?: number;
+}
+/** Result of `replica.point`: the point the replica now holds (the same one when repeated). */
+export interface ReplicaPointResult {
+  sequence: number;
+  time: string;
+  type: 'crash-consistent' | 'app-consistent';
+}
+
+/** `replica.expose` (recovery agent): serve the item's disks at `point` as view + overlay. */
+export interface ReplicaExposePayload {
+  itemId: string;
+  purpose: ExposurePurpose;
+  point: PointRef;
+  disks: { id: string; sizeBytes: number }[];
+  /** `failover`: the receiver stops applying batches for the item from now on (R-FO-5). */
+  stopReceiving: boolean;
+}
+/** One exposed disk: where any NBD client reaches it. */
+export interface ExposedDisk {
+  id: string;
+  sizeBytes: number;
+  exportName: string;
+  nbdUri: string;
+}
+/** Result of `replica.expose` and `replica.swapPoint`. */
+export interface ReplicaExposeResult {
+  purpose: ExposurePurpose;
+  sequence: number;
+  disks: ExposedDisk[];
+}
+
+/** `replica.swapPoint` (recovery agent): put another point's view under the exposure; its overlay starts empty. */
+export interface ReplicaSwapPointPayload {
+  itemId: string;
+  purpose: ExposurePurpose;
+  point: PointRef;
+}
+
+/** `replica.commit` (recovery agent): flatten view + overlay into the base, drop every other point. */
+export interface ReplicaCommitPayload {
+  itemId: string;
+  purpose: 'failover';
+}
+/** Result of `replica.commit`. */
+export interface ReplicaCommitResult {
+  sequence: number;
+  /** The disks now served from the base (same NBD addresses as the exposure). */
+  disks: ExposedDisk[];
+}
+
+/** `replica.release` (recovery agent): drop the exposure (overlay and view); absent is success. */
+export interface ReplicaReleasePayload {
+  itemId: string;
+  purpose: ExposurePurpose;
+  /** Apply batches for the item again (cancel of a planned failover). */
+  resumeReceiving: boolean;
+}
+
+/** `replica.snapshot` / `replica.revert` (recovery agent): a named snapshot of the exposure's overlay. */
+export interface ReplicaSnapshotPayload {
+  itemId: string;
+  purpose: ExposurePurpose;
+  snapshot: string;
+}
+
+/** `replication.drain` (source agent): ship everything captured, wait for the acknowledgement, stop capturing. */
+export interface ReplicationDrainPayload {
+  itemId: string;
+  timeoutMs: number;
+}
+/** Result of `replication.drain`: the last sequence the recovery side acknowledged (= the last written). */
+export interface ReplicationDrainResult {
+  lastSequence: number;
+}
+
+/** Where reprotect puts the reverse replica at the primary site (R-RP-2). */
+export type ReverseTarget =
+  | { location: 'original'; machine: string }
+  | { location: 'alternate'; machine: string; host: string; datastore: string };
+
+/**
+ * `replication.reverse` (the agent of the site the machine now runs at, which becomes
+ * the source): capture the failed-over machine's disks and replicate them to `peer`;
+ * `original` compares block hashes with the original disks and sends only what
+ * differs, `alternate` copies everything.
+ */
+export interface ReplicationReversePayload {
+  itemId: string;
+  machine: { id: string; name: string };
+  disks: { id: string; sizeBytes: number }[];
+  peer: { agentId: string; siteId: string; dataAddress: string | null; certificatePem: string | null };
+  target: ReverseTarget;
+  policy: unknown;
+}
+/** Result of `replication.reverse`. */
+export interface ReplicationReverseResult {
+  mode: 'delta' | 'full';
+}
+
+/** A disk of `machine.create` at failover: backed by an exposure of the item's replica, not an image file. */
+export interface ExposureDiskSpec {
+  id: string;
+  sizeBytes: number;
+  datastore: string;
+  exposure: { itemId: string; purpose: ExposurePurpose; diskId: string };
+}
+
+/** A NIC of `machine.create` (R-NET-2..4, R-TF-1): `isolated` puts it on a network of its own. */
+export interface NicSpec {
+  network: string | null;
+  subnet: string | null;
+  ip: string | null;
+  isolated?: boolean;
+}
+
 export interface AgentCommandsOptions {
   store: Store;
   clock: Clock;
@@ -86,7 +242,7 @@ export class AgentCommands {
   async run(
     agent: Agent,
     key: string,
-    type: AgentCommandType,
+    type: ControlPlaneCommandType,
     payload: unknown,
     signal: AbortSignal,
     timeoutMs = 10 * 60_000,

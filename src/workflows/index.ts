@@ -13,8 +13,10 @@ import type {
   RecoveryPoint,
 } from '../domain/model.js';
 import { OsrError, notFound } from '../domain/errors.js';
-import { allowedOperations, assertAllowed } from '../domain/lifecycle.js';
-import type { LifecycleContext } from '../domain/lifecycle.js';
+import { allowedOperations, assertAllowed, failbackRefusal } from '../domain/lifecycle.js';
+import type { LifecycleContext, TransitionItem } from '../domain/lifecycle.js';
+import { parsePointChoice, selectRecoveryPoint } from '../domain/recovery-point.js';
+import { parseTestNetwork } from '../domain/placement.js';
 import { validateName } from '../domain/names.js';
 import { resolveTargetNetwork } from '../domain/network.js';
 import { replicationHealth } from '../domain/health.js';
@@ -30,10 +32,26 @@ import type { EnableProtectionInput } from './enable-protection.js';
 import { DISABLE_PROTECTION, disableProtectionJob } from './disable-protection.js';
 import type { DisableProtectionInput } from './disable-protection.js';
 import { startItemJob } from './item-jobs.js';
+import {
+  CANCEL_FAILOVER,
+  CHANGE_RECOVERY_POINT,
+  COMMIT_FAILOVER,
+  PLANNED_FAILOVER,
+  TEST_FAILOVER,
+  TEST_FAILOVER_CLEANUP,
+  TEST_FAILOVER_MAX_AGE_MS,
+  UNPLANNED_FAILOVER,
+  failoverJobs,
+} from './failover.js';
+import type { FailoverInput, ItemOpInput } from './failover.js';
+import { REPROTECT, planReprotect, reprotectJob } from './reprotect.js';
+import type { ReprotectInput, ReprotectPlan } from './reprotect.js';
 import { applyReplicationStatus } from './replication-status.js';
 import type { ReplicationStats, ReplicationStatusReport } from './replication-status.js';
 
 export type { ReplicationStatusReport, ItemStatusReport, ReplicationStats } from './replication-status.js';
+export type { ReprotectPlan } from './reprotect.js';
+export { TEST_FAILOVER_MAX_AGE_MS } from './failover.js';
 
 export interface WorkflowsOptions {
   store: Store;
@@ -84,6 +102,11 @@ export interface ItemView extends ProtectedItem {
   /** The machine's disks at the active site, each with its NBD address. */
   disks: Machine['disks'];
   machine: { id: string; name: string; siteId: string; powerState: Machine['powerState'] } | null;
+  /** While a test failover runs: its job and the test machine with its disks' NBD addresses. */
+  testFailover: {
+    jobId: string;
+    machine: { id: string; name: string; disks: { id: string; nbdUri: string }[] } | null;
+  } | null;
 }
 
 export interface Workflows {
@@ -98,13 +121,43 @@ export interface Workflows {
   cancelJob(jobId: string, force: boolean): Promise<Job>;
   /** Takes in an agent's replication status report (health, progress, recovery points). */
   onReplicationStatus(agentId: string, report: ReplicationStatusReport): Promise<void>;
+  /** What a reprotect would do and create, each new resource marked "(new)" (R-RP-1). */
+  reprotectPreview(vaultId: string, item: string, params: OperationParams): Promise<ReprotectPlan>;
+  /**
+   * Completes test failovers left waiting for cleanup longer than 14 days (R-TF-3):
+   * resumes their parked job (or starts a cleanup job when it has ended). Returns the
+   * items it cleaned up. The server calls it periodically; tests call it with a clock.
+   */
+  sweepTestFailovers(): Promise<string[]>;
+  /** Calls {@link sweepTestFailovers} every `everyMs` until the returned stop function is called. */
+  startSweeper(everyMs?: number): () => void;
 }
 
 /** Operation → the job type that carries it out, for the operations of this slice. */
-const JOB_TYPE_OF: Partial<Record<Operation, string>> = {
+const JOB_TYPE_OF: Record<Operation, string> = {
+  TestFailover: TEST_FAILOVER,
+  TestFailoverCleanup: TEST_FAILOVER_CLEANUP,
+  PlannedFailover: PLANNED_FAILOVER,
+  UnplannedFailover: UNPLANNED_FAILOVER,
+  ChangePit: CHANGE_RECOVERY_POINT,
+  Commit: COMMIT_FAILOVER,
+  CancelFailover: CANCEL_FAILOVER,
+  ReverseReplicate: REPROTECT,
   DisableProtection: DISABLE_PROTECTION,
   RepairReplication: REPAIR_REPLICATION,
 };
+
+/** The direction fields of an item, kept in a job's input for its failure state. */
+function accepted(item: ProtectedItem): TransitionItem {
+  return {
+    protectionState: item.protectionState,
+    reversed: item.reversed,
+    sourceSiteId: item.sourceSiteId,
+    targetSiteId: item.targetSiteId,
+    sourceContainerId: item.sourceContainerId,
+    targetContainerId: item.targetContainerId,
+  };
+}
 
 /** Creates the workflows over a store and a jobs engine. */
 export function createWorkflows(options: WorkflowsOptions): Workflows {
@@ -135,11 +188,114 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
     return { agentsConnected: (await connected(item.sourceSiteId)) && (await connected(item.targetSiteId)) };
   }
 
+  /** The item's machine at its active site: the source machine, or the one a failover brought up. */
   async function activeMachine(item: ProtectedItem): Promise<Machine | undefined> {
+    const sourceSide = item.reversed ? 'recovery' : 'primary';
     const id =
-      item.activeLocation === 'recovery' && item.lastFailover?.targetMachineId != null
+      item.activeLocation !== sourceSide && item.lastFailover?.targetMachineId != null
         ? item.lastFailover.targetMachineId
         : item.machineId;
+    return activeMachineById(id);
+  }
+
+  /** The running test failover's machine and disks, from its job (DESIGN §5 `item show`). */
+  async function testFailoverView(item: ProtectedItem): Promise<ItemView['testFailover']> {
+    if (item.testFailoverState === 'None') return null;
+    const job =
+      item.currentJobId === null ? await lastTestJob(item.id) : await store.jobs.find(item.currentJobId);
+    if (job === undefined) return null;
+    const out = job.steps.find((st) => st.name === 'Create the test machine')?.output as
+      { machineId?: string; name?: string; disks?: { id: string; nbdUri: string }[] } | undefined;
+    return {
+      jobId: job.id,
+      machine:
+        out?.machineId === undefined || out.name === undefined
+          ? null
+          : { id: out.machineId, name: out.name, disks: out.disks ?? [] },
+    };
+  }
+
+  async function lastTestJob(itemId: string): Promise<Job | undefined> {
+    const jobs = await store.jobs.list({ targetId: itemId, type: TEST_FAILOVER, limit: 1, offset: 0 });
+    return jobs.items[0];
+  }
+
+  /**
+   * Test cleanup (R-TF-2): resumes the test job parked at "Complete test" (its remaining
+   * steps delete what it created), or starts a cleanup job when that job has ended.
+   */
+  async function cleanupTest(item: ProtectedItem, notes: string | null): Promise<Job> {
+    assertAllowed(item, 'TestFailoverCleanup', {});
+    if (item.currentJobId !== null) {
+      const job = await store.jobs.get(item.currentJobId);
+      if (job.type === TEST_FAILOVER && job.state === 'WaitingForAction') {
+        await store.items.update(
+          item.id,
+          { testFailoverState: 'CleanupInProgress' },
+          { expectVersion: item.version },
+        );
+        return engine.resume(job.id, notes ?? 'Test complete.');
+      }
+      throw new OsrError('OPERATION_NOT_ALLOWED', `job ${job.id} is still running on the item`, {
+        details: { currentJobId: job.id, state: job.state },
+      });
+    }
+    const input: ItemOpInput = {
+      itemId: item.id,
+      accepted: accepted(item),
+      testJobId: (await lastTestJob(item.id))?.id ?? null,
+      ...(notes === null ? {} : { notes }),
+    };
+    return startItemJob({
+      store,
+      engine,
+      item,
+      operation: 'TestFailoverCleanup',
+      jobType: TEST_FAILOVER_CLEANUP,
+      input,
+    });
+  }
+
+  /** R-FO-2, R-RP-3: the choice parses and, unless it is `latest`, names a retained point. */
+  async function checkPoint(item: ProtectedItem, text: string, failback: boolean): Promise<void> {
+    const choice = parsePointChoice(text);
+    if (choice.kind === 'latest' && !failback) return;
+    const points = (await store.points.list(item.id, { limit: 100_000 })).items;
+    selectRecoveryPoint(points, choice, { failback, now: clock.now() });
+  }
+
+  /** R-TF-1: `none`, `isolated`, or a network of the target site. */
+  async function checkTestNetwork(item: ProtectedItem, network: string | undefined): Promise<void> {
+    const choice = parseTestNetwork(network);
+    if (choice.kind !== 'network') return;
+    const n = await store.inventory.findNetwork(item.targetSiteId, choice.name);
+    if (n === undefined) {
+      const available = (await store.inventory.networks(item.targetSiteId)).map((x) => x.name);
+      throw new OsrError(
+        'VALIDATION_FAILED',
+        `network '${choice.name}' does not exist at the target site; use one of ${[...available, 'isolated', 'none'].join(', ')}`,
+        { details: { field: 'network', value: choice.name, available } },
+      );
+    }
+  }
+
+  /** R-RP-6, R-RP-7: a failback needs the failed-over machine as failover left it, and the same hypervisor type. */
+  async function assertFailbackAllowed(item: ProtectedItem): Promise<void> {
+    const failedOver = await activeMachineById(item.machineId);
+    const back = await activeMachineById(item.lastFailover?.targetMachineId ?? null);
+    const refusal = failbackRefusal(item, {
+      targetMachineExists: failedOver !== undefined,
+      targetMachineOrigin: failedOver?.origin ?? null,
+      movedToOtherContainer: failedOver !== undefined && failedOver.containerId !== item.sourceContainerId,
+      protectionDisabled: false,
+      sourceHypervisor: item.lastFailover?.sourceHypervisor ?? back?.hypervisor ?? 'process',
+      targetHypervisor: back?.hypervisor ?? item.lastFailover?.sourceHypervisor ?? 'process',
+    });
+    if (refusal !== undefined) throw refusal;
+  }
+
+  async function activeMachineById(id: string | null): Promise<Machine | undefined> {
+    if (id === null) return undefined;
     return store.machines.getById(id).catch((err: unknown) => {
       if (err instanceof OsrError && err.code === 'NOT_FOUND') return undefined;
       throw err;
@@ -150,12 +306,21 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
     register() {
       for (const def of enableProtectionJobs(deps)) engine.register(def);
       engine.register(disableProtectionJob(deps));
+      for (const def of failoverJobs(deps)) engine.register(def);
+      engine.register(reprotectJob(deps));
     },
 
     async protect(vaultId, req) {
       const machine = await store.machines.findInVault(vaultId, req.machine);
       if (machine === undefined) throw notFound('machine', req.machine);
-      const existing = await store.items.findByMachine(machine.id);
+      let existing = await store.items.findByMachine(machine.id);
+      if (existing?.protectionState === 'Unprotected' && existing.currentJobId === null) {
+        // After a committed failback the item stays Unprotected (R-RP-4): protecting the
+        // machine again replaces it.
+        await store.points.deleteAllExcept(existing.id, null);
+        await store.items.delete(existing.id);
+        existing = undefined;
+      }
       if (existing !== undefined) {
         throw new OsrError(
           'ALREADY_EXISTS',
@@ -260,22 +425,14 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
       const item = await store.items.get(vaultId, itemKey);
       const context = await lifecycleContext(item);
       const jobType = JOB_TYPE_OF[op];
-      if (jobType === undefined) {
-        // Refuse what is not allowed now before saying what is not available yet.
-        assertAllowed(item, op, context);
-        throw new OsrError('OPERATION_UNAVAILABLE', `operation ${op} is not available in this version`, {
-          details: { operation: op },
-        });
+      // Refuse what is not allowed in this state first (409), then what needs an agent (503).
+      assertAllowed(item, op, {});
+      if (op === 'PlannedFailover' || op === 'ReverseReplicate') {
+        await deps.commands.agentFor(await store.sites.getById(item.sourceSiteId));
+        await deps.commands.agentFor(await store.sites.getById(item.targetSiteId));
       }
-      if (op === 'DisableProtection') {
-        const policy = await store.policies.get(vaultId, item.policyId);
-        const input: DisableProtectionInput = {
-          itemId: item.id,
-          deleteReplica: params.deleteReplica ?? policy.deleteReplicaOnDisable,
-          force: params.force ?? false,
-          previousState: item.protectionState,
-        };
-        return startItemJob({
+      const start = <I>(input: I, patch?: Partial<ProtectedItem>): Promise<Job> =>
+        startItemJob({
           store,
           engine,
           item,
@@ -283,19 +440,127 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
           context,
           jobType,
           input,
+          ...(patch === undefined ? {} : { patch }),
         });
+      switch (op) {
+        case 'DisableProtection': {
+          const policy = await store.policies.get(vaultId, item.policyId);
+          const input: DisableProtectionInput = {
+            itemId: item.id,
+            deleteReplica: params.deleteReplica ?? policy.deleteReplicaOnDisable,
+            force: params.force ?? false,
+            previousState: item.protectionState,
+          };
+          return start(input);
+        }
+        case 'RepairReplication': {
+          const input: EnableProtectionInput = { itemId: item.id, replicaExists: false, resync: true };
+          return start(input, { initialReplicationProgress: 0, resyncRequired: true });
+        }
+        case 'TestFailover':
+        case 'PlannedFailover':
+        case 'UnplannedFailover': {
+          const failback = item.reversed;
+          if (failback) await assertFailbackAllowed(item);
+          const point = params.point ?? (failback ? 'latest-processed' : 'latest');
+          await checkPoint(item, point, failback);
+          if (op === 'TestFailover') {
+            await checkTestNetwork(item, params.network);
+          } else if (params.network !== undefined) {
+            throw new OsrError('VALIDATION_FAILED', 'network goes with a test failover only', {
+              details: { field: 'network' },
+            });
+          }
+          if (
+            op === 'PlannedFailover' &&
+            params.point !== undefined &&
+            parsePointChoice(point).kind !== 'latest'
+          ) {
+            throw new OsrError(
+              'VALIDATION_FAILED',
+              'a planned failover always fails over to a new point holding every change (latest)',
+              { details: { field: 'point', value: params.point } },
+            );
+          }
+          const input: FailoverInput = {
+            itemId: item.id,
+            op,
+            point,
+            // R-RP-3: the failed-over machine is shut down during failback.
+            shutdownSource: params.shutdownSource ?? failback,
+            ...(params.network === undefined ? {} : { network: params.network }),
+            failback,
+            accepted: accepted(item),
+          };
+          return start(input);
+        }
+        case 'TestFailoverCleanup':
+          return cleanupTest(item, params.notes ?? null);
+        case 'ChangePit': {
+          const point = params.point ?? 'latest-processed';
+          await checkPoint(item, point, false);
+          const input: ItemOpInput = { itemId: item.id, accepted: accepted(item), point };
+          return start(input);
+        }
+        case 'Commit':
+        case 'CancelFailover': {
+          const input: ItemOpInput = { itemId: item.id, accepted: accepted(item), failoverJobId: null };
+          return start(input);
+        }
+        case 'ReverseReplicate': {
+          await planReprotect(store, item, reprotectParams(params));
+          const policy = await store.policies.get(vaultId, params.policy ?? item.policyId);
+          const input: ReprotectInput = {
+            itemId: item.id,
+            location: params.location ?? 'original',
+            host: params.host ?? null,
+            datastore: params.datastore ?? null,
+            policyId: policy.id,
+            accepted: accepted(item),
+          };
+          return start(input, { initialReplicationProgress: 0 });
+        }
       }
-      const input: EnableProtectionInput = { itemId: item.id, replicaExists: false, resync: true };
-      return startItemJob({
-        store,
-        engine,
-        item,
-        operation: op,
-        context,
-        jobType,
-        input,
-        patch: { initialReplicationProgress: 0, resyncRequired: true },
-      });
+    },
+
+    async reprotectPreview(vaultId, itemKey, params) {
+      const item = await store.items.get(vaultId, itemKey);
+      assertAllowed(item, 'ReverseReplicate', {});
+      return planReprotect(store, item, reprotectParams(params));
+    },
+
+    async sweepTestFailovers() {
+      const cleaned: string[] = [];
+      const now = clock.now().getTime();
+      for (const vault of (await store.vaults.list({ limit: 10_000, offset: 0 })).items) {
+        const items = await store.items.list(vault.id, { limit: 100_000, offset: 0 });
+        for (const item of items.items) {
+          if (item.testFailoverState !== 'WaitingForCleanup') continue;
+          const testJob = item.currentJobId === null ? undefined : await store.jobs.find(item.currentJobId);
+          const since =
+            testJob?.waiting?.since ??
+            testJob?.endedAt ??
+            (await lastTestJob(item.id))?.endedAt ??
+            item.updatedAt;
+          if (now - Date.parse(since) < TEST_FAILOVER_MAX_AGE_MS) continue;
+          try {
+            await cleanupTest(item, 'Completed automatically: the test failover ran for more than 14 days.');
+            cleaned.push(item.id);
+          } catch (err) {
+            if (!(err instanceof OsrError && err.code === 'OPERATION_NOT_ALLOWED')) throw err;
+          }
+        }
+      }
+      return cleaned;
+    },
+
+    startSweeper(everyMs = 3600_000) {
+      let running: Promise<unknown> = Promise.resolve();
+      const t = setInterval(() => {
+        running = running.then(() => this.sweepTestFailovers()).catch(() => undefined);
+      }, everyMs);
+      t.unref();
+      return () => clearInterval(t);
     },
 
     async updateSettings(vaultId, itemKey, patch) {
@@ -354,6 +619,7 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
           machine === undefined
             ? null
             : { id: machine.id, name: machine.name, siteId: machine.siteId, powerState: machine.powerState },
+        testFailover: await testFailoverView(item),
       };
     },
 
@@ -376,6 +642,20 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
     async onReplicationStatus(agentId, report) {
       await applyReplicationStatus(store, clock, agentId, report, stats);
     },
+  };
+}
+
+function reprotectParams(params: OperationParams): {
+  location?: 'original' | 'alternate';
+  host?: string;
+  datastore?: string;
+  policy?: string;
+} {
+  return {
+    ...(params.location === undefined ? {} : { location: params.location }),
+    ...(params.host === undefined ? {} : { host: params.host }),
+    ...(params.datastore === undefined ? {} : { datastore: params.datastore }),
+    ...(params.policy === undefined ? {} : { policy: params.policy }),
   };
 }
 
