@@ -44,6 +44,8 @@ export interface Env {
   script: Script;
   /** Starts a scripted agent for an agent row; returns its stop function. */
   startAgent(agent: Agent): () => Promise<void>;
+  /** Stops the scripted loop of an agent started by `registerAgent`. */
+  stopAgent(agentId: string): Promise<void>;
   /** Registers (creates) an agent for a site and starts its script. */
   registerAgent(siteId: string, name: string): Promise<Agent>;
   stop(): Promise<void>;
@@ -235,6 +237,7 @@ export async function setup(options: SetupOptions = {}): Promise<Env> {
       lastHeartbeatAt: now,
     });
   const sequences = new Map<string, number>();
+  const agentStops = new Map<string, () => Promise<void>>();
   const stops: (() => Promise<void>)[] = [];
   const env: Env = {
     store,
@@ -326,8 +329,11 @@ export async function setup(options: SetupOptions = {}): Promise<Env> {
     async registerAgent(siteId, name) {
       const a = await createAgent(siteId, name);
       env.siteOf.set(a.id, siteId === p.id ? 'primary' : 'recovery');
-      env.startAgent(a);
+      agentStops.set(a.id, env.startAgent(a));
       return a;
+    },
+    async stopAgent(agentId) {
+      await agentStops.get(agentId)?.();
     },
     stop: async () => {
       for (const s of stops) await s();
