@@ -29,7 +29,7 @@ import {
 } from './data-dir.js';
 import type { AgentTlsIdentity, StoredCredential } from './data-dir.js';
 import { parseProxyUrl } from './http.js';
-import { LocalReplicationService } from './replication.js';
+import { DataPlaneReplicationService } from './replication-dataplane.js';
 import type { ReplicationService } from './replication.js';
 
 /** The log calls the agent makes (pino's signature). */
@@ -88,8 +88,12 @@ export interface SiteAgentOptions {
   shutdownTimeoutMs?: number;
   /** Replaces the local fabric (tests, other drivers). */
   fabric?: FabricDriver;
-  /** Replaces the local replication service. */
+  /** Replaces the data-plane replication service. */
   replication?: ReplicationService;
+  /** How often replication status is reported (default 2 s). */
+  replicationStatusMs?: number;
+  /** Crash-consistent points this often instead of the policy's copy frequency (tests, demos). */
+  crashPointIntervalMs?: number;
   /** Aborts a start that is still waiting for the control plane. */
   signal?: AbortSignal;
 }
@@ -297,19 +301,34 @@ export class SiteAgent {
     const commandLog = await CommandLog.open(o.dataDir);
     let fabric: FabricDriver | undefined = o.fabric;
     let replication: ReplicationService | undefined = o.replication;
+    // Journals are reopened before any disk is served, so no write after a restart escapes capture.
+    const dataPlane =
+      replication === undefined
+        ? new DataPlaneReplicationService({
+            dataDir: o.dataDir,
+            identity: tls,
+            dataAddress,
+            log,
+            ...(o.crashPointIntervalMs === undefined ? {} : { crashPointIntervalMs: o.crashPointIntervalMs }),
+          })
+        : undefined;
     try {
+      await dataPlane?.load();
       if (fabric === undefined) {
         const local = await LocalFabric.open({
           siteDir: o.siteDir,
           stateDir: join(o.dataDir, 'fabric'),
           ...(o.shutdownTimeoutMs === undefined ? {} : { shutdownTimeoutMs: o.shutdownTimeoutMs }),
           ...(o.inventoryPollMs === undefined ? {} : { pollMs: o.inventoryPollMs }),
+          ...(dataPlane === undefined
+            ? {}
+            : { diskObserver: (m: string, d: string) => dataPlane.observerFor(m, d) }),
           log,
         });
         local.watch();
         fabric = local;
       }
-      replication ??= new LocalReplicationService({ dataDir: o.dataDir, fabric, log });
+      replication ??= dataPlane!.bindFabric(fabric);
       await replication.resume();
       if (credential === undefined && key !== undefined) {
         const signal = o.signal ?? new AbortController().signal;
@@ -321,8 +340,9 @@ export class SiteAgent {
       agent.#run();
       return agent;
     } catch (err) {
-      await replication?.close();
+      // Machines stop before their journals close: a write must never find its journal gone.
       if (o.fabric === undefined) await fabric?.close();
+      await (replication ?? dataPlane)?.close();
       await commandLog.close();
       throw err;
     }
@@ -347,6 +367,7 @@ export class SiteAgent {
     this.#spawn('heartbeat', () => this.#heartbeatLoop());
     this.#spawn('inventory', () => this.#inventoryLoop());
     this.#spawn('commands', () => this.#commandLoop());
+    if (this.replication.report !== undefined) this.#spawn('replication status', () => this.#statusLoop());
   }
 
   /** Handles a failed call: logs unreachability, re-registers on a refused credential; rethrows the rest. */
@@ -507,6 +528,36 @@ export class SiteAgent {
     }
   }
 
+  /** Reports replication status and new recovery points (agent protocol §5) while anything replicates. */
+  async #statusLoop(): Promise<void> {
+    const signal = this.#stop.signal;
+    const backoff = this.#backoff();
+    const everyMs = this.#o.replicationStatusMs ?? 2000;
+    while (!signal.aborted) {
+      const report = this.replication.report?.();
+      if (report !== undefined && report.items.length > 0) {
+        try {
+          await this.#client.replicationStatus({ items: report.items }, signal);
+          report.delivered();
+          backoff.reset();
+          this.#markReachable();
+        } catch (err) {
+          if (signal.aborted) return;
+          if (err instanceof ControlPlaneError && err.status < 500 && err.code !== 'UNAUTHORIZED') {
+            // An item the control plane no longer knows (e.g. protection disabled meanwhile) must not stop
+            // the reports of the others; it is logged and reported again next time.
+            this.#log.warn({ code: err.code, err: err.message }, 'replication status refused');
+          } else {
+            await this.#onError(err, 'replication status');
+          }
+          await sleep(backoff.next(), signal);
+          continue;
+        }
+      }
+      await sleep(everyMs, signal);
+    }
+  }
+
   async #handle(cmd: ChannelCommand): Promise<void> {
     const signal = this.#stop.signal;
     const outcome = await this.#executor.execute(cmd);
@@ -564,13 +615,17 @@ export class SiteAgent {
       try {
         await this.#executor.drain();
         await Promise.all([...this.#tasks]);
-        await this.replication.close();
       } finally {
         try {
+          // Machines stop before their journals close: a write must never find its journal gone.
           if (this.#o.fabric === undefined) await this.fabric.close();
         } finally {
-          await this.#commandLog.close();
-          this.#resolveDone();
+          try {
+            await this.replication.close();
+          } finally {
+            await this.#commandLog.close();
+            this.#resolveDone();
+          }
         }
       }
     })();

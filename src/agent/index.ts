@@ -8,3 +8,4 @@ export * from './control-plane.js';
 export * from './data-dir.js';
 export * from './http.js';
 export * from './replication.js';
+export * from './replication-dataplane.js';

@@ -5,8 +5,8 @@
  * it keeps replica folders and the desired replication state in the data folder and
  * hooks a write recorder onto the item's disks (every write already goes through the
  * disk's `ObservedBackend`). It does NOT journal, ship or apply data and reports no
- * replication status or recovery points; the journal/transport/replica-store wiring
- * replaces the recorder and adds those.
+ * replication status or recovery points. The agent's default is the data-plane service
+ * (`replication-dataplane.ts`); this one remains for agents that must not replicate.
  */
 import { mkdir, readFile, readdir, rm, writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -22,6 +22,8 @@ export interface ReplicaPreparePayload {
   policy?: unknown;
   replicaExists?: boolean;
   resync?: boolean;
+  /** The source site's agent: the receiver accepts the stream only from this certificate. */
+  peer?: { agentId: string; siteId: string; dataAddress: string | null; certificatePem: string | null };
 }
 
 /** `replication.start` payload (sent to the source-side agent). */
@@ -35,6 +37,28 @@ export interface ReplicationStartPayload {
   resync?: boolean;
 }
 
+/** One item's replication status as the agent reports it (agent protocol §5; metadata only). */
+export interface ReportedItem {
+  itemId: string;
+  initialReplicationProgress?: number;
+  lagSeconds?: number;
+  lagBytes?: number;
+  backlogBytes?: number;
+  throughputBps?: number;
+  compressionRatio?: number;
+  resyncRequired?: boolean;
+  health?: 'Normal' | 'Warning' | 'Critical';
+  healthReason?: string | null;
+  points?: { id: string; sequence: number; time: string; type: 'crash-consistent' | 'app-consistent' }[];
+}
+
+/** A status report and the hook to call once the control plane acknowledged it. */
+export interface ReplicationReport {
+  items: ReportedItem[];
+  /** The control plane has the report: its points need not be sent again. */
+  delivered(): void;
+}
+
 /** What the replication command handlers call. */
 export interface ReplicationService {
   prepareReplica(p: ReplicaPreparePayload): Promise<unknown>;
@@ -43,6 +67,8 @@ export interface ReplicationService {
   stopReplication(p: { itemId: string }): Promise<unknown>;
   /** Re-attaches what was running when the agent stopped. */
   resume(): Promise<void>;
+  /** The status to report to the control plane now (absent: the service reports nothing). */
+  report?(): ReplicationReport;
   close(): Promise<void>;
 }
 

@@ -66,6 +66,7 @@ function enableSteps(deps: WorkflowDeps): JobDefinition<EnableProtectionInput>['
         const machine = await deps.store.machines.getById(item.machineId);
         const policy = await deps.store.policies.get(item.vaultId, item.policyId);
         const targetAgent = await deps.commands.agentFor(await deps.store.sites.getById(item.targetSiteId));
+        const sourceAgent = await deps.commands.agentFor(await deps.store.sites.getById(item.sourceSiteId));
         return deps.commands.run(
           targetAgent,
           uuidFromKey(ctx.effectKey),
@@ -82,6 +83,13 @@ function enableSteps(deps: WorkflowDeps): JobDefinition<EnableProtectionInput>['
             },
             replicaExists: ctx.input.replicaExists,
             resync: ctx.input.resync,
+            // The recovery agent accepts the replication stream only from this certificate (pinning).
+            peer: {
+              agentId: sourceAgent.id,
+              siteId: item.sourceSiteId,
+              dataAddress: sourceAgent.dataAddress,
+              certificatePem: sourceAgent.certificatePem,
+            },
           },
           ctx.signal,
         );

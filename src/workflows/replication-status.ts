@@ -89,12 +89,15 @@ export async function applyReplicationStatus(
       patch.rpoSeconds = Math.max(0, Math.round((now.getTime() - Date.parse(newest.time)) / 1000));
     else if (r.rpoSeconds !== undefined) patch.rpoSeconds = r.rpoSeconds;
     await store.items.update(item.id, patch);
+    // The source agent reports lag and throughput, the recovery agent the backlog: a report keeps
+    // what the other side last said about the fields it leaves out.
+    const before = stats?.get(item.id);
     stats?.set(item.id, {
-      lagSeconds: r.lagSeconds ?? null,
-      lagBytes: r.lagBytes ?? null,
-      backlogBytes: r.backlogBytes ?? null,
-      throughputBps: r.throughputBps ?? null,
-      compressionRatio: r.compressionRatio ?? null,
+      lagSeconds: r.lagSeconds ?? before?.lagSeconds ?? null,
+      lagBytes: r.lagBytes ?? before?.lagBytes ?? null,
+      backlogBytes: r.backlogBytes ?? before?.backlogBytes ?? null,
+      throughputBps: r.throughputBps ?? before?.throughputBps ?? null,
+      compressionRatio: r.compressionRatio ?? before?.compressionRatio ?? null,
       reportedAt: now.toISOString(),
     });
   }

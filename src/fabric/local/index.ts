@@ -11,7 +11,7 @@ import { access, mkdir, open, readFile, readdir, rm, stat } from 'node:fs/promis
 import * as net from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { WriteObserver } from '../../dataplane/nbd/observed-backend.js';
+import type { ObservedBackend, WriteObserver } from '../../dataplane/nbd/observed-backend.js';
 import { OsrError, notFound } from '../../domain/errors.js';
 import type { GuestToolsState, PowerState } from '../../domain/model.js';
 import type {
@@ -72,6 +72,12 @@ export interface LocalFabricOptions {
   /** How often `watch()` looks for changed files (default 1 s). */
   pollMs?: number;
   log?: FabricLogger;
+  /**
+   * The observer a disk's mutations go to from the moment it is served (the replication service's write journal
+   * of a replicating item, or null). Asked every time a machine's disks are (re)opened, so capture has no gap
+   * between serving a disk and the replication service attaching to it after an agent restart.
+   */
+  diskObserver?: (machine: string, diskId: string) => WriteObserver | null;
 }
 
 interface Entry {
@@ -159,7 +165,10 @@ export class LocalFabric implements FabricDriver {
   readonly #entries = new Map<string, Entry>();
   readonly #listeners = new Set<() => void>();
   readonly #locks = new Map<string, Promise<void>>();
-  readonly #o: Required<Omit<LocalFabricOptions, 'log'>> & { log: FabricLogger };
+  readonly #o: Required<Omit<LocalFabricOptions, 'log' | 'diskObserver'>> & {
+    log: FabricLogger;
+    diskObserver: LocalFabricOptions['diskObserver'];
+  };
   #problems: string[] = [];
   #signature = '';
   #watchTimer: NodeJS.Timeout | undefined;
@@ -180,6 +189,7 @@ export class LocalFabric implements FabricDriver {
       autostart: options.autostart ?? true,
       pollMs: options.pollMs ?? 1000,
       log: options.log ?? silentLogger,
+      diskObserver: options.diskObserver,
     };
   }
 
@@ -377,6 +387,7 @@ export class LocalFabric implements FabricDriver {
       }
       const st = this.#state.get(m.name);
       e.disks = await MachineDiskServer.open(m.name, images, this.#o.nbdHost, st?.nbdPort);
+      for (const d of e.disks?.disks ?? []) d.observer.set(this.#o.diskObserver?.(m.name, d.id) ?? null);
       if (e.disks !== undefined && st?.nbdPort !== e.disks.port) {
         await this.#state.update(m.name, { nbdPort: e.disks.port });
       }
@@ -842,6 +853,17 @@ export class LocalFabric implements FabricDriver {
       throw e.diskError ?? notFound('disk', `${machine}/${diskId}`);
     }
     d.observer.set(observer);
+  }
+
+  /**
+   * The served (journaled) backend of a disk: initial copy and resync read it in write order
+   * (`ObservedBackend.readInOrder`). NOT_FOUND when the machine or disk is not served.
+   */
+  diskBackend(machine: string, diskId: string): ObservedBackend {
+    const e = this.#entry(machine);
+    const d = e.disks?.disk(diskId);
+    if (d === undefined) throw e.diskError ?? notFound('disk', `${machine}/${diskId}`);
+    return d.backend;
   }
 
   /**

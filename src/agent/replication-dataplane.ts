@@ -1,0 +1,958 @@
+/**
+ * The agent's data plane (DESIGN §2, issue 5 item 6): the `ReplicationService` that really replicates.
+ *
+ * Source side (`replication.start` / `replication.stop`): one `WriteJournal` per protected item under
+ * `<data>/replication/<item>/journal`, hooked into every disk of the machine (each disk is an `ObservedBackend`
+ * of the fabric's NBD front), an initial copy of the allocated blocks (R-POL-6: now, at a scheduled time, or
+ * offline through a seed file), and a `ReplicationSender` that ships the journal over TLS to the recovery
+ * agent's data address, pinning the certificate the control plane gave for it, with the policy's compression
+ * and bandwidth limit. Once the copy is acknowledged it cuts recovery-point markers: crash-consistent at the
+ * policy's copy frequency, app-consistent at its app-consistent frequency when the machine has a freeze/thaw
+ * hook (the ledger workload's `POST /freeze`, `POST /thaw`).
+ *
+ * Recovery side (`replica.prepare` / `replica.delete`): one `ReplicaStore` per item under
+ * `<data>/replicas/<item>/store` with its processor running, and ONE `ReplicationReceiver` per agent listening on
+ * the agent's data address with the agent's own certificate, accepting only the source agents' certificates the
+ * control plane passed in `replica.prepare`.
+ *
+ * Both sides keep their state in the data folder: after a restart (kill -9 included) `load()` reopens journals
+ * (a torn tail is cut, nothing acknowledged is lost) and replica stores before the fabric serves a disk, so
+ * capture has no gap, and `resume()` restarts senders, copies and the receiver; a sender resumes from the
+ * receiver's last durable seq, which the store never applies twice.
+ *
+ * Disk data travels only site to site; `report()` gives the control plane metadata (progress, lag, throughput,
+ * health, recovery points) for the agent protocol's replication-status report (R-INF-7).
+ */
+import { randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
+import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { MarkerType } from '../dataplane/changes.js';
+import { WriteJournal } from '../dataplane/journal/journal.js';
+import type { ObservedBackend, WriteObserver } from '../dataplane/nbd/observed-backend.js';
+import { ReplicaStore } from '../dataplane/replica/replica-store.js';
+import type { RecoveryPointInfo } from '../dataplane/replica/replica-store.js';
+import { runInitialCopy } from '../dataplane/resync/initial-copy.js';
+import { OfflineSeedReader, OfflineSeedWriter } from '../dataplane/resync/offline-seed.js';
+import { runResync } from '../dataplane/resync/resync.js';
+import { replicationStatus } from '../dataplane/status.js';
+import { ReplicationReceiver } from '../dataplane/transport/receiver.js';
+import { ReplicationSender } from '../dataplane/transport/sender.js';
+import { OsrError } from '../domain/errors.js';
+import type { BandwidthPolicy, InitialReplication } from '../domain/model.js';
+import { bandwidthLimitAt } from '../domain/policy.js';
+import type { FabricDriver } from '../fabric/driver.js';
+import type { AgentTlsIdentity } from './data-dir.js';
+import type {
+  ReplicaPreparePayload,
+  ReplicationReport,
+  ReplicationService,
+  ReplicationStartPayload,
+  ReportedItem,
+} from './replication.js';
+
+/** The log calls the service makes (pino's signature). */
+export interface ReplicationLogger {
+  debug(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+const silent: ReplicationLogger = {
+  debug: () => undefined,
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+};
+
+/** What a fabric may offer beyond `FabricDriver` (the local fabric does): the journaled disk and the runtime. */
+interface DiskAccess {
+  diskBackend(machine: string, diskId: string): ObservedBackend;
+}
+interface RuntimeAccess {
+  runtimeInfo(name: string): { pid: number | undefined; httpPort: number | undefined };
+}
+
+/** Options of `DataPlaneReplicationService`. */
+export interface DataPlaneReplicationOptions {
+  /** The agent's data folder. */
+  dataDir: string;
+  /** The agent's certificate and key: presented to peers, pinned by them. */
+  identity: AgentTlsIdentity;
+  /** `host:port` the receiver listens on (the address the agent registered). */
+  dataAddress: string;
+  /** Set here or later with `bindFabric` (the fabric is opened after `load`). */
+  fabric?: FabricDriver;
+  log?: ReplicationLogger;
+  /** Journal cap per item before it falls back to dirty bitmaps (default 2 GiB). */
+  journalCapBytes?: number;
+  /** Crash-consistent points this often instead of the policy's copy frequency (tests, demos). */
+  crashPointIntervalMs?: number;
+  /** Retention pruning of replicas this often (default 60 s). */
+  pruneIntervalMs?: number;
+}
+
+/** The policy fields the data plane uses, with defaults for what the payload leaves out. */
+interface DataPolicy {
+  copyFrequencySeconds: number;
+  retentionHours: number;
+  appConsistentFrequencyHours: number;
+  compression: boolean;
+  bandwidth: BandwidthPolicy;
+  initialReplication: InitialReplication;
+}
+
+function parsePolicy(raw: unknown): DataPolicy {
+  const p = (typeof raw === 'object' && raw !== null ? raw : {}) as Record<string, unknown>;
+  const num = (k: string, d: number): number => {
+    const v = p[k];
+    return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : d;
+  };
+  const ir = p['initialReplication'] as InitialReplication | undefined;
+  const bw = p['bandwidth'] as BandwidthPolicy | undefined;
+  return {
+    copyFrequencySeconds: Math.max(1, num('copyFrequencySeconds', 300)),
+    retentionHours: num('retentionHours', 24),
+    appConsistentFrequencyHours: num('appConsistentFrequencyHours', 0),
+    compression: p['compression'] !== false,
+    bandwidth:
+      bw !== undefined && typeof bw === 'object' && Array.isArray(bw.windows)
+        ? bw
+        : { limitMbps: null, windows: [] },
+    initialReplication:
+      ir !== undefined && typeof ir === 'object' && ['now', 'scheduled', 'offline'].includes(ir.mode)
+        ? ir
+        : { mode: 'now' },
+  };
+}
+
+function checkItemId(itemId: unknown): string {
+  if (typeof itemId !== 'string' || !/^[A-Za-z0-9._-]{1,128}$/.test(itemId)) {
+    throw new OsrError('VALIDATION_FAILED', `invalid itemId ${JSON.stringify(itemId)}`, {
+      details: { field: 'itemId' },
+    });
+  }
+  return itemId;
+}
+
+function checkDisks(disks: unknown, type: string): { id: string; sizeBytes: number }[] {
+  if (!Array.isArray(disks) || disks.length === 0) {
+    throw new OsrError('VALIDATION_FAILED', `${type}: 'disks' must be a non-empty array`, {
+      details: { field: 'disks' },
+    });
+  }
+  return disks.map((d: unknown, i) => {
+    const o = (typeof d === 'object' && d !== null ? d : {}) as Record<string, unknown>;
+    const id = o['id'];
+    const size = o['sizeBytes'];
+    if (
+      typeof id !== 'string' ||
+      id === '' ||
+      typeof size !== 'number' ||
+      !Number.isSafeInteger(size) ||
+      size <= 0
+    ) {
+      throw new OsrError('VALIDATION_FAILED', `${type}: disks[${i}] needs an id and a positive sizeBytes`, {
+        details: { field: `disks[${i}]` },
+      });
+    }
+    return { id, sizeBytes: size };
+  });
+}
+
+/** Splits `host:port` (`[v6]:port` too). */
+export function parseHostPort(address: string): { host: string; port: number } {
+  const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(address.trim());
+  const port = m === null ? NaN : Number(m[2]);
+  if (m === null || !(port > 0 && port < 65536)) {
+    throw new OsrError('VALIDATION_FAILED', `not a host:port address: ${JSON.stringify(address)}`, {
+      details: { address },
+    });
+  }
+  return { host: m[1]!, port };
+}
+
+async function writeJson(file: string, value: unknown): Promise<void> {
+  await writeFile(file + '.tmp', JSON.stringify(value, null, 2) + '\n');
+  await rename(file + '.tmp', file);
+}
+
+async function readJsonDir<T>(dir: string, pick: (name: string) => string | undefined): Promise<T[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const out: T[] = [];
+  for (const n of names.sort()) {
+    const file = pick(n);
+    if (file === undefined) continue;
+    try {
+      out.push(JSON.parse(await readFile(join(dir, file), 'utf8')) as T);
+    } catch (err) {
+      if (
+        (err as NodeJS.ErrnoException).code !== 'ENOENT' &&
+        (err as NodeJS.ErrnoException).code !== 'ENOTDIR'
+      )
+        throw err;
+    }
+  }
+  return out;
+}
+
+function abortable(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** The persisted state of a replicating item at the source. */
+interface SourceRecord {
+  itemId: string;
+  desired: 'Running' | 'Stopped';
+  machine: { id: string; name: string };
+  disks: { id: string; sizeBytes: number }[];
+  peer: { agentId: string; siteId: string; dataAddress: string; certificatePem: string };
+  policy: DataPolicy;
+  since: string;
+  /** pending → copying → sent (lastSeq journaled) → done (acknowledged by the recovery site). */
+  copy: { state: 'pending' | 'copying' | 'sent' | 'done'; lastSeq: number | null; totalBytes: number };
+  lastAppPointAt: number | null;
+}
+
+interface SourceGroup {
+  record: SourceRecord;
+  journal: WriteJournal;
+  sender: ReplicationSender | undefined;
+  stop: AbortController;
+  task: Promise<void> | undefined;
+  copyPercent: number;
+  /** Markers journaled by this process (seq, time, type), for the RPO the source can vouch for. */
+  markers: RecoveryPointInfo[];
+  error: string | null;
+}
+
+/** The persisted state of a replica at the recovery site. */
+interface ReplicaRecord {
+  itemId: string;
+  machine: { id: string; name: string };
+  disks: { id: string; sizeBytes: number }[];
+  policy: DataPolicy;
+  peerCertificatePem: string | null;
+  preparedAt: string;
+}
+
+interface ReplicaEntry {
+  record: ReplicaRecord;
+  store: ReplicaStore;
+  reported: Set<string>;
+  seed: OfflineSeedReader | undefined;
+}
+
+/** The data-plane `ReplicationService` (see the file comment). */
+export class DataPlaneReplicationService implements ReplicationService {
+  readonly #o: DataPlaneReplicationOptions;
+  readonly #log: ReplicationLogger;
+  #fabric: FabricDriver | undefined;
+  readonly #sources = new Map<string, SourceGroup>();
+  readonly #replicas = new Map<string, ReplicaEntry>();
+  #receiver: ReplicationReceiver | undefined;
+  #receiverPins = '';
+  #receiverChain: Promise<void> = Promise.resolve();
+  #pruneTimer: NodeJS.Timeout | undefined;
+  #loaded = false;
+  #closed = false;
+  readonly #locks = new Map<string, Promise<void>>();
+
+  constructor(options: DataPlaneReplicationOptions) {
+    this.#o = options;
+    this.#log = options.log ?? silent;
+    this.#fabric = options.fabric;
+    parseHostPort(options.dataAddress);
+  }
+
+  /** The fabric whose disks are replicated (when it was not given to the constructor). */
+  bindFabric(fabric: FabricDriver): this {
+    this.#fabric = fabric;
+    return this;
+  }
+
+  #sourceDir(itemId: string): string {
+    return join(this.#o.dataDir, 'replication', checkItemId(itemId));
+  }
+
+  #replicaDir(itemId: string): string {
+    return join(this.#o.dataDir, 'replicas', checkItemId(itemId));
+  }
+
+  /** Folder of an item's replica. */
+  replicaDir(itemId: string): string {
+    return this.#replicaDir(itemId);
+  }
+
+  /** The replica store of an item (recovery side), when prepared. */
+  replicaStore(itemId: string): ReplicaStore | undefined {
+    return this.#replicas.get(itemId)?.store;
+  }
+
+  /** The journal of a replicating item (source side), when running. */
+  journal(itemId: string): WriteJournal | undefined {
+    return this.#sources.get(itemId)?.journal;
+  }
+
+  /** The sender of a replicating item (source side), when running. */
+  sender(itemId: string): ReplicationSender | undefined {
+    return this.#sources.get(itemId)?.sender;
+  }
+
+  #fabricOrThrow(): FabricDriver {
+    if (this.#fabric === undefined)
+      throw new OsrError('INTERNAL', 'the replication service has no fabric yet');
+    return this.#fabric;
+  }
+
+  /** Runs `fn` alone for `key` (commands of one item never interleave). */
+  async #locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#locks.get(key) ?? Promise.resolve();
+    let release: () => void = () => undefined;
+    const mine = new Promise<void>((r) => (release = r));
+    const chained = prev.then(() => mine);
+    this.#locks.set(key, chained);
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.#locks.get(key) === chained) this.#locks.delete(key);
+    }
+  }
+
+  /**
+   * Reopens what the data folder holds — journals of running items (before any disk is served, so
+   * `observerFor` can hook them from the first write) and replica stores. Call once, before the fabric opens.
+   */
+  async load(): Promise<void> {
+    if (this.#loaded) return;
+    this.#loaded = true;
+    const sources = await readJsonDir<SourceRecord>(join(this.#o.dataDir, 'replication'), (n) =>
+      n.endsWith('.json') ? undefined : join(n, 'source.json'),
+    );
+    for (const r of sources) {
+      if (r.desired !== 'Running') continue;
+      this.#sources.set(r.itemId, this.#openGroup(r));
+    }
+    const replicas = await readJsonDir<ReplicaRecord>(join(this.#o.dataDir, 'replicas'), (n) =>
+      join(n, 'replica.json'),
+    );
+    for (const r of replicas) {
+      try {
+        this.#replicas.set(r.itemId, await this.#openReplica(r));
+      } catch (err) {
+        this.#log.error({ itemId: r.itemId, err }, 'cannot open the replica');
+      }
+    }
+  }
+
+  #openGroup(record: SourceRecord): SourceGroup {
+    const journal = WriteJournal.open(join(this.#sourceDir(record.itemId), 'journal'), record.disks, {
+      capBytes: this.#o.journalCapBytes ?? 2 * 1024 * 1024 * 1024,
+    });
+    return {
+      record,
+      journal,
+      sender: undefined,
+      stop: new AbortController(),
+      task: undefined,
+      copyPercent: record.copy.state === 'done' || record.copy.state === 'sent' ? 100 : 0,
+      markers: [],
+      error: null,
+    };
+  }
+
+  async #openReplica(record: ReplicaRecord): Promise<ReplicaEntry> {
+    const store = await ReplicaStore.open(join(this.#replicaDir(record.itemId), 'store'), {
+      disks: record.disks,
+      processorIdleMs: 50,
+    });
+    store.startProcessor();
+    return { record, store, reported: new Set(), seed: undefined };
+  }
+
+  /** The journal hook of a disk of a replicating item, or null (LocalFabric's `diskObserver`). */
+  observerFor(machine: string, diskId: string): WriteObserver | null {
+    for (const g of this.#sources.values()) {
+      if (g.record.machine.name === machine && g.record.disks.some((d) => d.id === diskId)) {
+        return g.journal.observer(diskId);
+      }
+    }
+    return null;
+  }
+
+  async resume(): Promise<void> {
+    await this.load();
+    for (const g of this.#sources.values()) {
+      try {
+        this.#attach(g);
+        this.#startGroup(g);
+      } catch (err) {
+        g.error = (err as Error).message;
+        this.#log.error({ itemId: g.record.itemId, err }, 'cannot resume replicating the item');
+      }
+    }
+    await this.#refreshReceiver();
+    this.#pruneTimer = setInterval(() => void this.#prune(), this.#o.pruneIntervalMs ?? 60_000);
+    this.#pruneTimer.unref();
+  }
+
+  // ---- recovery side ----------------------------------------------------------------------------
+
+  prepareReplica(p: ReplicaPreparePayload): Promise<unknown> {
+    const itemId = checkItemId(p.itemId);
+    return this.#locked(itemId, async () => {
+      const disks = checkDisks(p.disks, 'replica.prepare');
+      const peerCert = p.peer?.certificatePem ?? null;
+      const existing = this.#replicas.get(itemId);
+      const keep = p.resync === true || p.replicaExists === true;
+      if (existing !== undefined && !keep && existing.record.peerCertificatePem === peerCert) {
+        // A repeated command (same item, same source): the replica is already there.
+        const same = JSON.stringify(existing.record.disks) === JSON.stringify(disks);
+        if (same) return this.#prepared(existing);
+      }
+      if (existing !== undefined) {
+        this.#replicas.delete(itemId);
+        await existing.store.close();
+      }
+      const dir = this.#replicaDir(itemId);
+      if (!keep) await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+      const record: ReplicaRecord = {
+        itemId,
+        machine: p.machine,
+        disks,
+        policy: parsePolicy(p.policy),
+        peerCertificatePem: peerCert,
+        preparedAt: new Date().toISOString(),
+      };
+      const entry = await this.#openReplica(record);
+      await writeJson(join(dir, 'replica.json'), record);
+      this.#replicas.set(itemId, entry);
+      await this.#refreshReceiver();
+      return this.#prepared(entry);
+    });
+  }
+
+  #prepared(e: ReplicaEntry): unknown {
+    return {
+      replicaPath: this.#replicaDir(e.record.itemId),
+      disks: e.record.disks.map((d) => d.id),
+      dataAddress: this.#o.dataAddress,
+      lastReceivedSeq: e.store.lastReceivedSeq(),
+    };
+  }
+
+  deleteReplica(p: { itemId: string }): Promise<unknown> {
+    const itemId = checkItemId(p.itemId);
+    return this.#locked(itemId, async () => {
+      const dir = this.#replicaDir(itemId);
+      const e = this.#replicas.get(itemId);
+      this.#replicas.delete(itemId);
+      if (e !== undefined) await e.store.close();
+      const existed = e !== undefined || fs.existsSync(dir);
+      await rm(dir, { recursive: true, force: true });
+      await this.#refreshReceiver();
+      return { deleted: existed, replicaPath: dir };
+    });
+  }
+
+  /** (Re)starts the receiver when the set of pinned source certificates changed. */
+  #refreshReceiver(): Promise<void> {
+    const run = async (): Promise<void> => {
+      if (this.#closed) return;
+      const pins = [
+        ...new Set(
+          [...this.#replicas.values()]
+            .map((e) => e.record.peerCertificatePem)
+            .filter((c): c is string => c !== null),
+        ),
+      ].sort();
+      const key = pins.join('\n');
+      if (key === this.#receiverPins && (this.#receiver !== undefined || pins.length === 0)) return;
+      const old = this.#receiver;
+      this.#receiver = undefined;
+      this.#receiverPins = key;
+      if (old !== undefined) await old.close();
+      if (pins.length === 0) return;
+      const { host, port } = parseHostPort(this.#o.dataAddress);
+      this.#receiver = await ReplicationReceiver.listen({
+        host,
+        port,
+        identity: { key: this.#o.identity.keyPem, cert: this.#o.identity.certPem },
+        peerCertificates: pins,
+        sinkFor: (groupId) => this.#replicas.get(groupId)?.store,
+        offlineSeedFor: (groupId) => this.#seedFor(groupId),
+        onEvent: (e) => {
+          if (e.type === 'refused') this.#log.warn({ reason: e.reason }, 'replication connection refused');
+          else if (e.type === 'connected')
+            this.#log.info({ itemId: e.groupId, resumeSeq: e.resumeSeq }, 'replication stream connected');
+          else this.#log.debug({ itemId: e.groupId, err: e.error?.message }, 'replication stream ended');
+        },
+      });
+      this.#log.info({ address: this.#o.dataAddress, peers: pins.length }, 'replication receiver listening');
+    };
+    const p = this.#receiverChain.then(run);
+    this.#receiverChain = p.catch((err: unknown) => {
+      this.#receiverPins = '';
+      this.#log.error({ err, address: this.#o.dataAddress }, 'cannot listen for replication streams');
+    });
+    return p;
+  }
+
+  #seedFor(groupId: string): OfflineSeedReader | undefined {
+    const e = this.#replicas.get(groupId);
+    if (e === undefined || e.record.policy.initialReplication.mode !== 'offline') return undefined;
+    if (e.seed === undefined) {
+      const file = join(e.record.policy.initialReplication.importPath, `${groupId}.osrseed`);
+      if (!fs.existsSync(file)) {
+        this.#log.warn({ itemId: groupId, file }, 'the offline seed file is not there yet');
+        return undefined;
+      }
+      e.seed = OfflineSeedReader.open(file);
+    }
+    return e.seed;
+  }
+
+  async #prune(): Promise<void> {
+    for (const e of this.#replicas.values()) {
+      try {
+        await e.store.prune(new Date(), e.record.policy.retentionHours * 3600_000);
+      } catch (err) {
+        this.#log.warn({ itemId: e.record.itemId, err }, 'pruning recovery points failed');
+      }
+    }
+  }
+
+  // ---- source side ------------------------------------------------------------------------------
+
+  startReplication(p: ReplicationStartPayload): Promise<unknown> {
+    const itemId = checkItemId(p.itemId);
+    return this.#locked(itemId, async () => {
+      const fabric = this.#fabricOrThrow();
+      const disks = checkDisks(p.disks, 'replication.start');
+      const peer = p.peer;
+      if (peer?.dataAddress == null || peer.certificatePem == null) {
+        throw new OsrError(
+          'AGENT_NOT_REGISTERED',
+          'the recovery site agent has not announced its data address and certificate yet',
+          { details: { itemId, peer: peer?.agentId ?? null } },
+        );
+      }
+      parseHostPort(peer.dataAddress);
+      const machine = await fabric.findMachine(p.machine.name);
+      if (machine === undefined) {
+        throw new OsrError('NOT_FOUND', `machine '${p.machine.name}' is not on this site`, {
+          details: { machine: p.machine.name },
+        });
+      }
+      for (const d of disks) {
+        if (!machine.disks.some((x) => x.id === d.id)) {
+          throw new OsrError('NOT_FOUND', `machine '${p.machine.name}' has no disk '${d.id}'`, {
+            details: { machine: p.machine.name, disk: d.id },
+          });
+        }
+      }
+      const policy = parsePolicy(p.policy);
+      const running = this.#sources.get(itemId);
+      if (running !== undefined) {
+        const samePeer =
+          running.record.peer.dataAddress === peer.dataAddress &&
+          running.record.peer.certificatePem === peer.certificatePem;
+        if (samePeer && JSON.stringify(running.record.disks) === JSON.stringify(disks)) {
+          return this.#started(running);
+        }
+        await this.#stopGroup(running, false);
+        this.#sources.delete(itemId);
+      }
+      const keepJournal = running !== undefined || p.resync === true || p.replicaExists === true;
+      const dir = this.#sourceDir(itemId);
+      if (!keepJournal) await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+      const record: SourceRecord = {
+        itemId,
+        desired: 'Running',
+        machine: { id: p.machine.id, name: p.machine.name },
+        disks,
+        peer: {
+          agentId: peer.agentId,
+          siteId: peer.siteId,
+          dataAddress: peer.dataAddress,
+          certificatePem: peer.certificatePem,
+        },
+        policy,
+        since: new Date().toISOString(),
+        copy: running?.record.copy ?? { state: 'pending', lastSeq: null, totalBytes: 0 },
+        lastAppPointAt: running?.record.lastAppPointAt ?? null,
+      };
+      await writeJson(join(dir, 'source.json'), record);
+      const g = this.#openGroup(record);
+      this.#sources.set(itemId, g);
+      try {
+        this.#attach(g);
+      } catch (err) {
+        this.#sources.delete(itemId);
+        await g.journal.close();
+        throw err;
+      }
+      this.#startGroup(g);
+      return this.#started(g);
+    });
+  }
+
+  #started(g: SourceGroup): unknown {
+    return {
+      itemId: g.record.itemId,
+      capture: 'journal',
+      disks: g.record.disks.map((d) => d.id),
+      shipping: true,
+      peer: g.record.peer.dataAddress,
+      initialReplication: g.record.policy.initialReplication.mode,
+    };
+  }
+
+  stopReplication(p: { itemId: string }): Promise<unknown> {
+    const itemId = checkItemId(p.itemId);
+    return this.#locked(itemId, async () => {
+      const g = this.#sources.get(itemId);
+      this.#sources.delete(itemId);
+      if (g !== undefined) await this.#stopGroup(g, true);
+      const dir = this.#sourceDir(itemId);
+      const existed = g !== undefined || fs.existsSync(dir);
+      // The journal goes with it: a later start begins with a fresh copy.
+      await rm(dir, { recursive: true, force: true });
+      return { itemId, stopped: existed };
+    });
+  }
+
+  #attach(g: SourceGroup): void {
+    const fabric = this.#fabricOrThrow();
+    for (const d of g.record.disks) {
+      fabric.setDiskObserver(g.record.machine.name, d.id, g.journal.observer(d.id));
+    }
+  }
+
+  async #stopGroup(g: SourceGroup, detach: boolean): Promise<void> {
+    g.stop.abort();
+    await g.task;
+    await g.sender?.stop();
+    if (detach && this.#fabric !== undefined) {
+      for (const d of g.record.disks) {
+        try {
+          this.#fabric.setDiskObserver(g.record.machine.name, d.id, null);
+        } catch (err) {
+          if (!(err instanceof OsrError)) throw err;
+          // The machine or disk is gone: nothing left to detach.
+        }
+      }
+    }
+    await g.journal.close();
+  }
+
+  #startGroup(g: SourceGroup): void {
+    const r = g.record;
+    const { host, port } = parseHostPort(r.peer.dataAddress);
+    const sender = new ReplicationSender({
+      journal: g.journal,
+      groupId: r.itemId,
+      host,
+      port,
+      identity: { key: this.#o.identity.keyPem, cert: this.#o.identity.certPem },
+      peerCertificate: r.peer.certificatePem,
+      compress: r.policy.compression,
+      bandwidthLimitAt: (at) => bandwidthLimitAt(r.policy.bandwidth, at),
+      backoff: { initialMs: 200, maxMs: 5000 },
+      onEvent: (e) => {
+        if (e.type === 'connected') {
+          g.error = null;
+          this.#log.info({ itemId: r.itemId, resumeSeq: e.resumeSeq }, 'replication link up');
+        } else {
+          this.#log.debug({ itemId: r.itemId, err: e.error.message }, 'replication link down');
+        }
+      },
+    });
+    g.sender = sender;
+    sender.start();
+    g.task = this.#runGroup(g, sender).catch((err: unknown) => {
+      if (!g.stop.signal.aborted)
+        this.#log.error({ itemId: r.itemId, err }, 'replication stopped on an error');
+    });
+  }
+
+  async #save(g: SourceGroup): Promise<void> {
+    if (g.stop.signal.aborted) return;
+    await writeJson(join(this.#sourceDir(g.record.itemId), 'source.json'), g.record);
+  }
+
+  #backends(g: SourceGroup): Map<string, ObservedBackend> {
+    const fabric = this.#fabricOrThrow() as FabricDriver & Partial<DiskAccess>;
+    if (typeof fabric.diskBackend !== 'function') {
+      throw new OsrError(
+        'OPERATION_UNAVAILABLE',
+        `the ${fabric.kind} fabric does not expose its disks for copying`,
+      );
+    }
+    return new Map(g.record.disks.map((d) => [d.id, fabric.diskBackend!(g.record.machine.name, d.id)]));
+  }
+
+  /** Initial copy, then recovery points (and resync after an overflow) until stopped; retries on errors. */
+  async #runGroup(g: SourceGroup, sender: ReplicationSender): Promise<void> {
+    const signal = g.stop.signal;
+    const r = g.record;
+    while (!signal.aborted) {
+      try {
+        if (r.copy.state === 'pending' || r.copy.state === 'copying') await this.#copy(g);
+        if (r.copy.state === 'sent') {
+          await sender.waitForAck(r.copy.lastSeq ?? 0, signal);
+          r.copy = { ...r.copy, state: 'done' };
+          await this.#save(g);
+          this.#log.info({ itemId: r.itemId, seq: r.copy.lastSeq }, 'initial replication complete');
+          await this.#marker(g, 'crash-consistent');
+          if (r.policy.appConsistentFrequencyHours > 0) await this.#appPoint(g);
+        }
+        await this.#pointLoop(g, sender);
+      } catch (err) {
+        if (signal.aborted) return;
+        g.error = (err as Error).message;
+        this.#log.warn({ itemId: r.itemId, err: g.error }, 'replication step failed; retrying');
+        await abortable(2000, signal);
+      }
+    }
+  }
+
+  async #copy(g: SourceGroup): Promise<void> {
+    const r = g.record;
+    const signal = g.stop.signal;
+    const ir = r.policy.initialReplication;
+    r.copy = { state: 'copying', lastSeq: null, totalBytes: 0 };
+    await this.#save(g);
+    const backends = this.#backends(g);
+    let seed: OfflineSeedWriter | undefined;
+    let seedFile: string | undefined;
+    if (ir.mode === 'offline') {
+      await mkdir(ir.exportPath, { recursive: true });
+      seedFile = join(ir.exportPath, `${r.itemId}.osrseed`);
+      seed = OfflineSeedWriter.create(seedFile + '.part', r.itemId);
+    }
+    let result;
+    try {
+      result = await runInitialCopy({
+        journal: g.journal,
+        disks: [...backends].map(([id, backend]) => ({ id, backend })),
+        ...(ir.mode === 'scheduled' ? { startAt: new Date(ir.startAt) } : {}),
+        ...(seed === undefined ? {} : { offline: seed }),
+        signal,
+        onProgress: (p) => {
+          g.copyPercent = p.percent;
+        },
+      });
+    } catch (err) {
+      seed?.abandon();
+      throw err;
+    }
+    if (seed !== undefined && seedFile !== undefined) {
+      seed.finish();
+      await rename(seedFile + '.part', seedFile);
+      this.#log.info(
+        { itemId: r.itemId, file: seedFile },
+        'offline seed exported; import it at the recovery site',
+      );
+    }
+    g.copyPercent = 100;
+    r.copy = { state: 'sent', lastSeq: result.lastSeq, totalBytes: result.totalBytes };
+    await this.#save(g);
+  }
+
+  async #marker(g: SourceGroup, type: MarkerType): Promise<void> {
+    const seq = await g.journal.addMarker(type, randomUUID());
+    g.markers.push({ id: String(seq), seq, time: Date.now(), type, pending: false });
+    if (g.markers.length > 50) g.markers.splice(0, g.markers.length - 50);
+  }
+
+  /** Freeze the workload, journal an app-consistent marker, thaw (R-POL-3); skipped without a hook. */
+  async #appPoint(g: SourceGroup): Promise<void> {
+    const r = g.record;
+    const fabric = (this.#fabric ?? {}) as Partial<RuntimeAccess>;
+    const runtime = fabric.runtimeInfo?.(r.machine.name);
+    const port = runtime?.httpPort;
+    r.lastAppPointAt = Date.now();
+    if (port === undefined || runtime?.pid === undefined) {
+      this.#log.debug({ itemId: r.itemId }, 'no freeze/thaw hook running; app-consistent point skipped');
+      await this.#save(g);
+      return;
+    }
+    const url = `http://127.0.0.1:${port}`;
+    const res = await fetch(`${url}/freeze`, { method: 'POST', signal: AbortSignal.timeout(30_000) });
+    await res.arrayBuffer();
+    try {
+      if (!res.ok) throw new Error(`freeze answered ${res.status}`);
+      await this.#marker(g, 'app-consistent');
+    } finally {
+      const thaw = await fetch(`${url}/thaw`, { method: 'POST', signal: AbortSignal.timeout(30_000) });
+      await thaw.arrayBuffer();
+    }
+    await this.#save(g);
+  }
+
+  async #pointLoop(g: SourceGroup, sender: ReplicationSender): Promise<void> {
+    const r = g.record;
+    const signal = g.stop.signal;
+    const crashMs = this.#o.crashPointIntervalMs ?? r.policy.copyFrequencySeconds * 1000;
+    const appMs = r.policy.appConsistentFrequencyHours * 3600_000;
+    let nextCrash = Date.now() + crashMs;
+    while (!signal.aborted) {
+      if (g.journal.resyncRequired && sender.status().state === 'streaming') {
+        this.#log.warn({ itemId: r.itemId, mode: g.journal.mode }, 'journal overflowed; resyncing');
+        const res = await runResync({
+          journal: g.journal,
+          disks: this.#backends(g),
+          remoteHashes: (diskId, blockSize, offsets) => sender.requestHashes(diskId, blockSize, offsets),
+          waitForAck: (seq) => sender.waitForAck(seq, signal),
+          signal,
+        });
+        this.#log.info({ itemId: r.itemId, ...res }, 'resync done');
+        continue;
+      }
+      const now = Date.now();
+      if (appMs > 0 && (r.lastAppPointAt ?? 0) + appMs <= now) {
+        await this.#appPoint(g);
+        nextCrash = Date.now() + crashMs;
+      } else if (now >= nextCrash) {
+        if (!g.journal.resyncRequired) await this.#marker(g, 'crash-consistent');
+        nextCrash = Date.now() + crashMs;
+      }
+      await abortable(Math.max(50, Math.min(1000, nextCrash - Date.now())), signal);
+    }
+  }
+
+  // ---- reporting --------------------------------------------------------------------------------
+
+  report(): ReplicationReport {
+    const items = new Map<string, ReportedItem>();
+    const sent: Array<{ e: ReplicaEntry; ids: string[] }> = [];
+    for (const g of this.#sources.values()) {
+      const r = g.record;
+      const s = g.sender?.status();
+      const acked = g.markers.filter((m) => s !== undefined && m.seq <= s.ackedSeq);
+      const st = replicationStatus({
+        ...(s === undefined ? {} : { sender: s }),
+        journal: g.journal.status(),
+        points: acked,
+        copyFrequencySeconds: r.policy.copyFrequencySeconds,
+      });
+      const copying = r.copy.state !== 'done';
+      const progress = copying ? Math.min(99, Math.floor(g.copyPercent * 0.99)) : 100;
+      let health = st.health;
+      let reason = st.healthReason;
+      if (copying && health !== 'Critical') {
+        // No point exists before the copy is acknowledged: that is progress, not a problem.
+        health =
+          s !== undefined && (s.state === 'backoff' || s.state === 'connecting') ? 'Warning' : 'Normal';
+        reason =
+          health === 'Normal'
+            ? null
+            : `the replication link is down${s?.lastError ? ` (${s.lastError})` : ''}`;
+      } else if (acked.length === 0 && health !== 'Critical') {
+        health = 'Normal';
+        reason = null;
+      }
+      if (g.error !== null && health === 'Normal') {
+        health = 'Warning';
+        reason = g.error;
+      }
+      items.set(r.itemId, {
+        itemId: r.itemId,
+        initialReplicationProgress: progress,
+        lagSeconds: st.lagSeconds,
+        lagBytes: st.lagBytes,
+        throughputBps: st.throughputBps,
+        compressionRatio: st.compressionRatio,
+        resyncRequired: st.resyncRequired,
+        health,
+        healthReason: reason,
+      });
+    }
+    for (const e of this.#replicas.values()) {
+      let status;
+      try {
+        status = e.store.status();
+      } catch {
+        continue;
+      }
+      const fresh = e.store
+        .points()
+        .filter((p) => !p.pending && !e.reported.has(p.id))
+        .slice(-200);
+      const item = items.get(e.record.itemId) ?? { itemId: e.record.itemId };
+      item.backlogBytes = status.pendingBytes;
+      if (fresh.length > 0) {
+        item.points = fresh.map((p) => ({
+          id: p.id.slice(0, 100),
+          sequence: p.seq,
+          time: new Date(p.time).toISOString(),
+          type: p.type,
+        }));
+        sent.push({ e, ids: fresh.map((p) => p.id) });
+      }
+      if (status.health === 'Critical' && !status.processorRunning) {
+        item.health = 'Critical';
+        item.healthReason = status.healthReason;
+      }
+      items.set(e.record.itemId, item);
+    }
+    return {
+      items: [...items.values()],
+      delivered: () => {
+        for (const s of sent) for (const id of s.ids) s.e.reported.add(id);
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#pruneTimer !== undefined) clearInterval(this.#pruneTimer);
+    const errors: unknown[] = [];
+    for (const g of this.#sources.values()) {
+      try {
+        await this.#stopGroup(g, false);
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+    this.#sources.clear();
+    await this.#receiverChain;
+    try {
+      await this.#receiver?.close();
+    } catch (err) {
+      errors.push(err);
+    }
+    this.#receiver = undefined;
+    for (const e of this.#replicas.values()) {
+      try {
+        await e.store.close();
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+    this.#replicas.clear();
+    if (errors.length > 0) throw errors[0];
+  }
+}
