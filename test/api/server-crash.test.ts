@@ -74,6 +74,8 @@ class PlayedAgent {
   readonly executed = new Map<string, string>();
   readonly held = new Set<string>();
   answerStart = false;
+  /** The command type it holds unanswered until `answerStart`. */
+  holdType = 'replication.start';
 
   constructor(
     readonly credential: string,
@@ -93,7 +95,7 @@ class PlayedAgent {
     );
     for (const c of commands) {
       if (!this.executed.has(c.id)) this.executed.set(c.id, c.type);
-      if (c.type === 'replication.start' && !this.answerStart) {
+      if (c.type === this.holdType && !this.answerStart) {
         this.held.add(c.id);
         continue;
       }
@@ -110,6 +112,68 @@ class PlayedAgent {
       this.held.clear();
     }
   }
+}
+
+/** Two sites with played agents, inventory (machine `web` at primary) and policy `gold`. */
+async function playWorld(server: Server, token: string): Promise<[PlayedAgent, PlayedAgent]> {
+  const admin = <T>(method: string, path: string, body?: unknown) =>
+    ok(call<T>(server, token, method, path, body));
+  await admin('POST', '/vaults/default/sites', { name: 'primary', kind: 'onprem' });
+  await admin('POST', '/vaults/default/sites', { name: 'recovery', kind: 'onprem' });
+  const agents: PlayedAgent[] = [];
+  for (const site of ['primary', 'recovery']) {
+    const key = await admin<{ keyFile: { key: string } }>('POST', `/vaults/default/sites/${site}/keys`, {});
+    const reg = await ok(
+      call<{ credential: string }>(server, '', 'POST', '/agent/register', {
+        key: key.keyFile.key,
+        friendlyName: `${site}-agent`,
+        version: 'played',
+      }),
+    );
+    const agent = new PlayedAgent(reg.credential, site);
+    agents.push(agent);
+    await ok(
+      call(server, reg.credential, 'PUT', '/agent/inventory', {
+        hosts: [{ name: 'h1', memoryMb: 4096, freeMemoryMb: 4096, cpus: 2 }],
+        datastores: [{ name: 'ds1', hostNames: ['h1'], type: 'file' }],
+        networks: [{ name: 'prod', subnets: [{ name: 's1', cidr: '10.0.0.0/24' }] }],
+        containers: [{ name: 'cloud' }],
+        machines:
+          site === 'primary'
+            ? [
+                {
+                  name: 'web',
+                  container: 'cloud',
+                  hostName: 'h1',
+                  cpus: 1,
+                  memoryMb: 256,
+                  osType: 'linux',
+                  hypervisor: 'process',
+                  powerState: 'Running',
+                  guestTools: 'Installed',
+                  origin: 'inventory',
+                  disks: [
+                    {
+                      id: 'disk0',
+                      sizeBytes: 1048576,
+                      datastore: 'ds1',
+                      path: 'web/disk0.raw',
+                      nbdUri: null,
+                    },
+                  ],
+                  nics: [{ network: 'prod', subnet: 's1', ip: null }],
+                },
+              ]
+            : [],
+      }),
+    );
+  }
+  await admin('POST', '/vaults/default/policies', {
+    name: 'gold',
+    copyFrequencySeconds: 30,
+    retentionHours: 24,
+  });
+  return agents as [PlayedAgent, PlayedAgent];
 }
 
 describe('osr server killed mid-job', () => {
@@ -133,62 +197,7 @@ describe('osr server killed mid-job', () => {
     const admin = <T>(method: string, path: string, body?: unknown) =>
       ok(call<T>(server, token, method, path, body));
 
-    await admin('POST', '/vaults/default/sites', { name: 'primary', kind: 'onprem' });
-    await admin('POST', '/vaults/default/sites', { name: 'recovery', kind: 'onprem' });
-    const agents: PlayedAgent[] = [];
-    for (const site of ['primary', 'recovery']) {
-      const key = await admin<{ keyFile: { key: string } }>('POST', `/vaults/default/sites/${site}/keys`, {});
-      const reg = await ok(
-        call<{ credential: string }>(server, '', 'POST', '/agent/register', {
-          key: key.keyFile.key,
-          friendlyName: `${site}-agent`,
-          version: 'played',
-        }),
-      );
-      const agent = new PlayedAgent(reg.credential, site);
-      agents.push(agent);
-      await ok(
-        call(server, reg.credential, 'PUT', '/agent/inventory', {
-          hosts: [{ name: 'h1', memoryMb: 4096, freeMemoryMb: 4096, cpus: 2 }],
-          datastores: [{ name: 'ds1', hostNames: ['h1'], type: 'file' }],
-          networks: [{ name: 'prod', subnets: [{ name: 's1', cidr: '10.0.0.0/24' }] }],
-          containers: [{ name: 'cloud' }],
-          machines:
-            site === 'primary'
-              ? [
-                  {
-                    name: 'web',
-                    container: 'cloud',
-                    hostName: 'h1',
-                    cpus: 1,
-                    memoryMb: 256,
-                    osType: 'linux',
-                    hypervisor: 'process',
-                    powerState: 'Running',
-                    guestTools: 'Installed',
-                    origin: 'inventory',
-                    disks: [
-                      {
-                        id: 'disk0',
-                        sizeBytes: 1048576,
-                        datastore: 'ds1',
-                        path: 'web/disk0.raw',
-                        nbdUri: null,
-                      },
-                    ],
-                    nics: [{ network: 'prod', subnet: 's1', ip: null }],
-                  },
-                ]
-              : [],
-        }),
-      );
-    }
-    const [primary, recovery] = agents as [PlayedAgent, PlayedAgent];
-    await admin('POST', '/vaults/default/policies', {
-      name: 'gold',
-      copyFrequencySeconds: 30,
-      retentionHours: 24,
-    });
+    const [primary, recovery] = await playWorld(server, token);
     const started = await admin<{ job: Job; item: { id: string } }>('POST', '/vaults/default/items', {
       machine: 'web',
       policy: 'gold',
@@ -245,5 +254,93 @@ describe('osr server killed mid-job', () => {
       return i.protectionState === 'Protected' ? i : undefined;
     });
     assert.equal(item.protectionState, 'Protected');
+  });
+
+  it('an unplanned failover resumes after a kill in "Create the machine at the target"; each command runs once', async () => {
+    const dir = join(dataDir, 'failover');
+    let server = await startServer(dir);
+    servers.push(server);
+    const token = readFileSync(join(dir, 'admin-token'), 'utf8').trim();
+    const admin = <T>(method: string, path: string, body?: unknown) =>
+      ok(call<T>(server, token, method, path, body));
+    const [primary, recovery] = await playWorld(server, token);
+    primary.answerStart = true;
+    const started = await admin<{ job: Job; item: { id: string } }>('POST', '/vaults/default/items', {
+      machine: 'web',
+      policy: 'gold',
+      targetSite: 'recovery',
+    });
+    const itemId = started.item.id;
+    await until('the item to be Protected', async () => {
+      await primary.round(server);
+      await recovery.round(server);
+      await ok(
+        call(server, recovery.credential, 'POST', '/agent/replication-status', {
+          items: [
+            {
+              itemId,
+              initialReplicationProgress: 100,
+              points: [{ sequence: 1, time: new Date().toISOString(), type: 'crash-consistent' }],
+            },
+          ],
+        }),
+      );
+      const i = await admin<{ protectionState: string }>('GET', `/vaults/default/items/${itemId}`);
+      return i.protectionState === 'Protected' ? i : undefined;
+    });
+
+    recovery.holdType = 'machine.create';
+    const failover = await admin<{ job: Job }>('POST', '/vaults/default/items/web/unplanned-failover', {
+      point: 'latest-processed',
+      shutdownSource: true,
+    });
+    const jobId = failover.job.id;
+    await until('the failover to wait in "Create the machine at the target"', async () => {
+      await primary.round(server);
+      await recovery.round(server);
+      const job = await admin<Job>('GET', `/jobs/${jobId}`);
+      return job.steps[5]?.state === 'InProgress' && recovery.held.size === 1 ? job : undefined;
+    });
+
+    server.proc.child.kill('SIGKILL');
+    assert.equal((await server.proc.exited).signal, 'SIGKILL');
+    server = await startServer(dir);
+    servers.push(server);
+    recovery.answerStart = true;
+    const done = await until('the failover to end', async () => {
+      await primary.round(server);
+      await recovery.round(server);
+      const job = await admin<Job>('GET', `/jobs/${jobId}`);
+      return ['Succeeded', 'Failed', 'Cancelled'].includes(job.state) ? job : undefined;
+    });
+    assert.equal(done.state, 'Succeeded', JSON.stringify(done.error));
+    assert.deepEqual(
+      done.steps.map((s) => s.name),
+      [
+        'Prerequisites check',
+        'Shut down the source machine',
+        'Stop replication',
+        'Prepare the recovery point',
+        'Expose disks at the recovery point',
+        'Create the machine at the target',
+        'Start the machine at the target',
+        'Finalize failover',
+      ],
+    );
+    assert.equal(done.attempts, 2, 'taken over once, by the restarted server');
+    assert.deepEqual(
+      [...primary.executed.values()],
+      ['replication.start', 'machine.shutdown', 'replication.stop'],
+    );
+    assert.deepEqual(
+      [...recovery.executed.values()],
+      ['replica.prepare', 'replica.expose', 'machine.create', 'machine.powerOn'],
+    );
+    const item = await admin<{ protectionState: string; activeLocation: string }>(
+      'GET',
+      `/vaults/default/items/${itemId}`,
+    );
+    assert.equal(item.protectionState, 'FailedOver');
+    assert.equal(item.activeLocation, 'recovery');
   });
 });
