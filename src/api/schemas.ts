@@ -384,9 +384,52 @@ export const ItemView = Type.Object(
       latest: Nullable(ref('RecoveryPoint')),
       latestAppConsistent: Nullable(ref('RecoveryPoint')),
     }),
+    /** Each disk of the machine at the active site, with its NBD address (`nbdUri`). */
     disks: Type.Array(Type.Unknown()),
+    pointCount: Type.Optional(Type.Integer()),
+    replicationStats: Type.Optional(Type.Unknown()),
+    /** The machine at the active site. */
+    machine: Type.Optional(
+      Nullable(
+        Type.Object({
+          id: Type.String(),
+          name: Type.String(),
+          siteId: Type.String(),
+          powerState: Type.String(),
+        }),
+      ),
+    ),
+    /** While a test failover runs: its job and the test machine's disks with their NBD addresses. */
+    testFailover: Type.Optional(
+      Nullable(
+        Type.Object({
+          jobId: Type.String(),
+          machine: Nullable(
+            Type.Object({
+              id: Type.String(),
+              name: Type.String(),
+              disks: Type.Array(Type.Object({ id: Type.String(), nbdUri: Type.String() })),
+            }),
+          ),
+        }),
+      ),
+    ),
   },
   { $id: 'ItemView', additionalProperties: true },
+);
+
+/** What a reprotect would do (R-RP-1): direction, location, transfer, and what it creates, marked "(new)". */
+export const ReprotectPreview = Type.Object(
+  {
+    direction: Type.Optional(Type.Object({ from: Type.String(), to: Type.String() })),
+    location: Type.Optional(Type.String()),
+    transfer: Type.Optional(Type.String()),
+    host: Type.Optional(Type.String()),
+    datastore: Type.Optional(Nullable(Type.String())),
+    machine: Type.Optional(Type.String()),
+    creates: Type.Array(Type.Object({ kind: Type.String(), name: Type.String(), label: Type.String() })),
+  },
+  { $id: 'ReprotectPreview' },
 );
 
 export const ReplicationGroup = Type.Object(
@@ -579,6 +622,7 @@ export const RESOURCE_SCHEMAS: TSchema[] = [
   ProtectedItem,
   RecoveryPoint,
   ItemView,
+  ReprotectPreview,
   ReplicationGroup,
   RecoveryPlan,
   JobError,

@@ -162,6 +162,12 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     workflows.register();
     engine.start();
     cleanup.push(() => engine.stop());
+    // R-TF-3: test failovers left more than 14 days are cleaned up; checked hourly.
+    const stopSweeper = workflows.startSweeper();
+    cleanup.push(() => {
+      stopSweeper();
+      return Promise.resolve();
+    });
 
     const app = await buildApp({
       store,

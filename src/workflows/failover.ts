@@ -948,12 +948,5 @@ export function failoverJobs(deps: WorkflowDeps): JobDefinition<never>[] {
     steps: failoverSteps(deps, false),
     onEnd: (job) => releaseOnFailure(deps, 'UnplannedFailover', job),
   };
-  return [
-    ...defs,
-    planned,
-    unplanned,
-    changePointJob(deps),
-    commitJob(deps),
-    cancelFailoverJob(deps),
-  ] as unknown as JobDefinition<never>[];
+  return [...defs, planned, unplanned, changePointJob(deps), commitJob(deps), cancelFailoverJob(deps)];
 }

@@ -333,7 +333,7 @@ for (const dialect of dialects()) {
         await protectWeb(env);
         env.script = (c) => (c.type === 'replica.expose' ? 'hold' : undefined);
         const job = await env.workflows.operate(env.vaultId, 'web', 'UnplannedFailover', {});
-        await waitUntil('expose sent', async () => (env.held.length > 0 ? true : undefined));
+        await waitUntil('expose sent', () => Promise.resolve(env.held.length > 0 ? true : undefined));
         await assert.rejects(env.workflows.cancelJob(job.id, false), rejectsWith('FORCE_REQUIRED'));
         await env.workflows.cancelJob(job.id, true);
         const ended = await jobEnded(env.store, job.id);

@@ -22,8 +22,11 @@ export interface ScriptedFailure {
   seedCode?: number;
 }
 
-/** Decides a command's fate: undefined = succeed; a string or failure = fail; 'hold' = leave it unanswered. */
-export type Script = (c: AgentCommand) => string | ScriptedFailure | 'hold' | undefined;
+/**
+ * Decides a command's fate: undefined = succeed; a failure (or a message, failed as
+ * DATASTORE_NOT_ACCESSIBLE) = fail; the string `hold` = leave it unanswered.
+ */
+export type Script = (c: AgentCommand) => string | ScriptedFailure | undefined;
 
 export interface Env {
   store: Store;

@@ -353,7 +353,7 @@ for (const dialect of dialects()) {
         await committed(env);
         env.script = (c) => (c.type === 'replication.reverse' ? 'hold' : undefined);
         const job = await env.workflows.operate(env.vaultId, 'web', 'ReverseReplicate', {});
-        await waitUntil('reverse sent', async () => (env.held.length > 0 ? true : undefined));
+        await waitUntil('reverse sent', () => Promise.resolve(env.held.length > 0 ? true : undefined));
         await env.workflows.cancelJob(job.id, false);
         assert.equal((await jobEnded(env.store, job.id)).state, 'Cancelled');
         const item = await waitUntil('released', async () => {

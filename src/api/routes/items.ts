@@ -19,7 +19,11 @@ const VaultParams = Type.Object({ vault: Ref });
 const ItemParams = Type.Object({ vault: Ref, item: Ref });
 
 /** A recovery point choice: `latest|latest-processed|latest-app-consistent|<point id>|<ISO time>`. */
-const Point = Type.String({ minLength: 1, maxLength: 100 });
+const Point = Type.String({
+  minLength: 1,
+  maxLength: 100,
+  description: 'latest (default) | latest-processed | latest-app-consistent | a point id | an ISO time',
+});
 
 const PROTECTION_STATES: ProtectionState[] = [
   'EnablingProtection',
@@ -56,7 +60,15 @@ const OPERATION_ROUTES: OperationRoute[] = [
     op: 'TestFailover',
     summary: 'Test failover (DR drill) at a point, into no network or an isolated one (R-TF-1)',
     body: Type.Object(
-      { point: Type.Optional(Point), network: Type.Optional(Type.String({ minLength: 1 })) },
+      {
+        point: Type.Optional(Point),
+        network: Type.Optional(
+          Type.String({
+            minLength: 1,
+            description: "a network of the target site, 'isolated' (the default) or 'none'",
+          }),
+        ),
+      },
       { additionalProperties: false },
     ),
   },
@@ -72,13 +84,15 @@ const OPERATION_ROUTES: OperationRoute[] = [
   {
     path: 'planned-failover',
     op: 'PlannedFailover',
-    summary: 'Planned failover without data loss (R-FO-9)',
+    summary:
+      'Planned failover without data loss (R-FO-9): shut down, synchronize, final point, snapshot, power on; a failure starts an automatic cancel',
     body: Type.Object({ point: Type.Optional(Point) }, { additionalProperties: false }),
   },
   {
     path: 'unplanned-failover',
     op: 'UnplannedFailover',
-    summary: 'Unplanned failover, optionally shutting the source down first (R-FO-3)',
+    summary:
+      'Unplanned failover, optionally shutting the source down first (R-FO-3); replication stops; cancelling it needs force and leaves the item needing repair',
     body: Type.Object(
       { point: Type.Optional(Point), shutdownSource: Type.Optional(Type.Boolean()) },
       { additionalProperties: false },
@@ -289,14 +303,7 @@ export function itemRoutes(app: ApiInstance, ctx: ApiContext): void {
           },
           { additionalProperties: false },
         ),
-        response: {
-          200: Type.Object({
-            creates: Type.Array(
-              Type.Object({ kind: Type.String(), name: Type.String(), label: Type.String() }),
-            ),
-          }),
-          202: JobAccepted,
-        },
+        response: { 200: ref('ReprotectPreview'), 202: JobAccepted },
       },
     },
     async (req, reply) => {
