@@ -177,7 +177,11 @@ export interface ItemView {
 }
 
 /** Creates a policy and protects `web` to `recovery`; resolves with the item id. */
-export async function protectWeb(w: World, policy: Record<string, unknown> = {}): Promise<string> {
+export async function protectWeb(
+  w: World,
+  policy: Record<string, unknown> = {},
+  policyName = 'e2e',
+): Promise<string> {
   const web = await waitUntil('web in the inventory', async () => {
     const r = await w.api<{ items: { id: string; name: string; powerState: string }[] }>(
       'GET',
@@ -185,7 +189,7 @@ export async function protectWeb(w: World, policy: Record<string, unknown> = {})
     );
     return r.body.items.find((m) => m.name === 'web' && m.powerState === 'Running');
   });
-  const p = await w.api<{ id: string }>('POST', '/vaults/default/policies', { name: 'e2e', ...policy });
+  const p = await w.api<{ id: string }>('POST', '/vaults/default/policies', { name: policyName, ...policy });
   if (p.status !== 201) throw new Error(`policy: ${p.status} ${JSON.stringify(p.body)}`);
   const r = await w.api<{ item: { id: string } }>('POST', '/vaults/default/items', {
     machine: web.id,

@@ -6,7 +6,8 @@
  * never passes disk bytes through the control plane (R-INF-7).
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, afterEach, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { NbdClient } from '../../src/dataplane/nbd/client.js';
@@ -24,7 +25,7 @@ import {
   waitProtected,
   waitReplicaEqual,
 } from './replication-support.js';
-import type { Sites } from './replication-support.js';
+import type { ItemView, Sites } from './replication-support.js';
 
 const worlds: World[] = [];
 const recorders: Sites['recorder'][] = [];
@@ -196,12 +197,25 @@ void test(
       );
       s.recovery.child.kill('SIGKILL');
       await s.recovery.exited;
+      assert.ok(
+        !readRange(replicaImage(s, itemId), 4 * 1024 * 1024 - 64 * 1024, 64 * 1024).equals(
+          burst1.subarray(burst1.length - 64 * 1024),
+        ),
+        'the recovery agent died before the burst was all in',
+      );
+      await s.recovery.exited;
       s.recovery = await restartAgent(w, s, 'recovery');
 
       // Source agent killed while the next burst is journaled but not yet shipped.
       const burst2 = randomBytes(3 * 1024 * 1024);
       await writeThroughNbd(w, 4 * 1024 * 1024, burst2);
       s.primary.child.kill('SIGKILL');
+      assert.ok(
+        !readRange(replicaImage(s, itemId), 7 * 1024 * 1024 - 64 * 1024, 64 * 1024).equals(
+          burst2.subarray(burst2.length - 64 * 1024),
+        ),
+        'the source agent died before the burst was all shipped',
+      );
       await s.primary.exited;
       assert.ok(
         readFileSync(s.sourceImage)
@@ -224,6 +238,60 @@ void test(
       assert.equal(readFileSync(replicaImage(s, itemId)).length, DISK_BYTES);
       const item = await w.api<{ protectionState: string }>('GET', `/vaults/default/items/${itemId}`);
       assert.equal(item.body.protectionState, 'Protected');
+    });
+  },
+);
+
+void test(
+  'initial replication offline (seed file exported and imported) and at a scheduled time both reach Protected',
+  { timeout: 240_000 },
+  async () => {
+    const w = await world();
+    const s = await sites(w);
+    await withLogs(s, async () => {
+      const seedDir = join(w.tmp, 'seed');
+      const itemId = await protectWeb(w, {
+        initialReplication: { mode: 'offline', exportPath: seedDir, importPath: seedDir },
+      });
+      await waitProtected(w, itemId);
+      assert.ok(existsSync(join(seedDir, `${itemId}.osrseed`)), 'the seed file was exported');
+      assert.ok(
+        readRange(replicaImage(s, itemId), PREFILL_OFFSET, 256 * 1024).equals(
+          readRange(s.sourceImage, PREFILL_OFFSET, 256 * 1024),
+        ),
+        'the seeded bytes are in the replica',
+      );
+      // Same machine, protected again with a scheduled copy: nothing is copied before startAt.
+      const un = await w.api('POST', `/vaults/default/items/${itemId}/unprotect`, { deleteReplica: true });
+      assert.ok(un.status < 300, JSON.stringify(un.body));
+      await waitUntil(
+        'protection disabled',
+        async () => {
+          const r = await w.api('GET', `/vaults/default/items/${itemId}`);
+          return r.status === 404;
+        },
+        60_000,
+      );
+      assert.ok(!existsSync(join(s.recoveryData, 'replicas', itemId)), 'the replica was deleted');
+      assert.ok(!existsSync(join(s.primaryData, 'replication', itemId)), 'the journal was removed');
+      const startAt = new Date(Date.now() + 5000);
+      const again = await protectWeb(
+        w,
+        { initialReplication: { mode: 'scheduled', startAt: startAt.toISOString() } },
+        'e2e-scheduled',
+      );
+      const early = await w.api<ItemView>('GET', `/vaults/default/items/${again}`);
+      if (Date.now() < startAt.getTime() - 500) {
+        assert.ok(early.body.initialReplicationProgress < 100, 'no copy before the scheduled time');
+      }
+      await waitProtected(w, again);
+      assert.ok(Date.now() >= startAt.getTime(), 'Protected only after the scheduled start');
+      await ledger(s, 'freeze');
+      try {
+        await waitReplicaEqual(s, again);
+      } finally {
+        await ledger(s, 'thaw');
+      }
     });
   },
 );
