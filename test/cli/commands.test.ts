@@ -405,6 +405,84 @@ void test('protect --wait follows the job to Succeeded while the agents answer; 
   }
 });
 
+void test('the failover lifecycle from the CLI: drill, failover, change point, commit, reprotect, failback', async () => {
+  const fakes = [...agents.values()].map((a) => new FakeAgent(world, a.credential, a.siteId));
+  try {
+    const waited = (args: string[]): Promise<string> =>
+      world.osr([...args, '--wait']).then((r) => {
+        assert.equal(r.code, 0, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+        return r.stdout;
+      });
+    type View = {
+      protectionState: string;
+      activeLocation: string;
+      testFailoverState: string;
+      allowedOperations: string[];
+      reversed: boolean;
+      replicationHealth: string;
+      rpoSeconds: number | null;
+      latestPoints: { latest: unknown };
+      disks: { nbdUri: string | null }[];
+      testFailover: { machine: { name: string; disks: { nbdUri: string }[] } | null } | null;
+    };
+    const show = () => world.json<View>(['item', 'show', 'db']);
+
+    assert.equal((await world.osr(['failover', 'db', '--type', 'planned', '--network', 'none'])).code, 2);
+    const badNet = await world.osr(['failover', 'db', '--type', 'test', '--network', 'nowhere']);
+    assert.equal(badNet.code, 1);
+    assert.match(badNet.stderr, /^osr: network 'nowhere' does not exist .*\(VALIDATION_FAILED\)$/m);
+    const drill = await waited(['failover', 'db', '--type', 'test', '--network', 'none']);
+    assert.match(drill, /Waiting for: complete-test/);
+    const testing = await show();
+    assert.equal(testing.testFailoverState, 'WaitingForCleanup');
+    assert.equal(testing.testFailover?.machine?.name, 'db-test');
+    assert.deepEqual(testing.allowedOperations, ['TestFailoverCleanup']);
+    assert.match(ok(await world.osr(['item', 'show', 'db'])), /^test machine:\s+db-test/m);
+    await waited(['test-cleanup', 'db', '--notes', 'prefix intact']);
+    assert.equal((await show()).testFailoverState, 'None');
+
+    await waited([
+      'failover',
+      'db',
+      '--type',
+      'unplanned',
+      '--point',
+      'latest-processed',
+      '--shutdown-source',
+    ]);
+    const failedOver = await show();
+    assert.equal(failedOver.protectionState, 'FailedOver');
+    assert.equal(failedOver.activeLocation, 'recovery');
+    for (const k of ['replicationHealth', 'rpoSeconds', 'latestPoints', 'disks'] as const)
+      assert.ok(k in failedOver, k);
+    await waited(['change-point', 'db', '--point', 'latest-processed']);
+    failsWith(await world.osr(['cancel-failover', 'db']), 'CANCEL_FAILOVER_NOT_ALLOWED');
+    await waited(['commit', 'db']);
+    assert.equal((await show()).protectionState, 'FailoverCommitted');
+
+    const preview = ok(await world.osr(['reprotect', 'db', '--preview']));
+    assert.match(preview, /recovery → primary/);
+    assert.match(preview, /\(new\)/);
+    assert.equal((await world.osr(['reprotect', 'db', '--location', 'alternate', '--host', 'h1'])).code, 2);
+    await waited(['reprotect', 'db']);
+    const reversed = await show();
+    assert.equal(reversed.protectionState, 'Protected');
+    assert.equal(reversed.reversed, true);
+
+    await waited(['failover', 'db', '--type', 'planned']);
+    const back = await show();
+    assert.equal(back.protectionState, 'FailedOver');
+    assert.equal(back.activeLocation, 'primary');
+    await waited(['commit', 'db']);
+    const done = await show();
+    assert.equal(done.protectionState, 'Unprotected');
+    assert.deepEqual(done.allowedOperations, []);
+    await waited(['protect', 'db', '--policy', 'gold', '--target-site', 'recovery']);
+  } finally {
+    for (const f of fakes) await f.stop();
+  }
+});
+
 void test('events list what happened in the vault', async () => {
   const events = await world.json<Page<{ kind: string }>>(['event', 'list']);
   assert.ok(events.items.some((e) => e.kind === 'AgentRegistered'));

@@ -1,8 +1,8 @@
 /**
  * Plays a site agent over the agent protocol for the CLI tests (the real agent is
- * another issue): answers every command as Succeeded and reports, for each item it is
- * the target of, initial replication done and one recovery point — enough for an
- * Enable protection job to complete.
+ * another issue): answers every command as Succeeded (a `replica.point` with a point)
+ * and reports, for each item it is the target of, initial replication done and one
+ * recovery point — enough for Enable protection and Reprotect jobs to complete.
  */
 import type { CliWorld } from './harness.js';
 
@@ -43,10 +43,14 @@ export class FakeAgent {
         this.credential,
       );
       for (const c of res.body.commands) {
+        const result =
+          c.type === 'replica.point'
+            ? { sequence: 2, time: new Date().toISOString(), type: 'crash-consistent' }
+            : {};
         await this.world.api(
           'POST',
           `/agent/commands/${c.id}/result`,
-          { state: 'Succeeded', result: {} },
+          { state: 'Succeeded', result },
           this.credential,
         );
       }
@@ -59,7 +63,9 @@ export class FakeAgent {
     const mine = items.body.items.filter(
       (i) =>
         i.targetSiteId === this.siteId &&
-        (i.protectionState === 'EnablingProtection' || i.protectionState === 'InitialReplication'),
+        (i.protectionState === 'EnablingProtection' ||
+          i.protectionState === 'InitialReplication' ||
+          i.protectionState === 'ReprotectInProgress'),
     );
     if (mine.length === 0) return;
     const time = new Date().toISOString();

@@ -16,6 +16,13 @@ export type ItemView = ProtectedItem & {
   allowedOperations: string[];
   latestPoints: { latest: RecoveryPoint | null; latestAppConsistent: RecoveryPoint | null };
   disks: unknown[];
+  /** The machine at the active site. */
+  machine?: { id: string; name: string; siteId: string; powerState: string } | null;
+  /** While a test failover runs: its job and the test machine's disks. */
+  testFailover?: {
+    jobId: string;
+    machine: { id: string; name: string; disks: { id: string; nbdUri: string }[] } | null;
+  } | null;
   [key: string]: unknown;
 };
 
@@ -160,6 +167,13 @@ export function registerItemCommands(program: Command): void {
           ['latest point', point(i.latestPoints.latest)],
           ['latest app-consistent', point(i.latestPoints.latestAppConsistent)],
           ['current job', i.currentJobId],
+          ['machine', i.machine ? `${i.machine.name} (${i.machine.powerState})` : '-'],
+          ...(i.testFailover?.machine
+            ? ([
+                ['test machine', `${i.testFailover.machine.name} (job ${i.testFailover.jobId})`],
+                ['test disks', i.testFailover.machine.disks.map((d) => `${d.id} ${d.nbdUri}`)],
+              ] as [string, string | string[]][])
+            : []),
           [
             'failover settings',
             [

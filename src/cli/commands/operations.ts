@@ -45,8 +45,11 @@ export function failoverRequest(flags: FailoverFlags): { op: string; body: Recor
   return { op: 'unplanned-failover', body };
 }
 
-/** What `reprotect --preview` answers: what reprotect would create. */
+/** What `reprotect --preview` answers: what reprotect would do and create. */
 export interface ReprotectPreview {
+  direction?: { from: string; to: string };
+  location?: string;
+  transfer?: string;
   creates: { kind: string; name: string; label?: string }[];
 }
 
@@ -202,6 +205,11 @@ export function registerOperationCommands(program: Command): void {
       }
       const preview = await client.post<ReprotectPreview>(path, body);
       out.result(preview, () => {
+        if (preview.direction) {
+          out.line(
+            `Reprotect of ${item}: ${preview.direction.from} → ${preview.direction.to}, ${preview.location ?? 'original'} location (${preview.transfer ?? ''})`,
+          );
+        }
         out.line(`Reprotect of ${item} would create:`);
         if (preview.creates.length === 0) out.line('  (nothing)');
         for (const c of preview.creates) out.line(`  ${c.label ?? `${c.kind} ${c.name} (new)`}`);
