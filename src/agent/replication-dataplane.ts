@@ -228,6 +228,8 @@ interface SourceRecord {
   /** pending → copying → sent (lastSeq journaled) → done (acknowledged by the recovery site). */
   copy: { state: 'pending' | 'copying' | 'sent' | 'done'; lastSeq: number | null; totalBytes: number };
   lastAppPointAt: number | null;
+  /** The newest marker journaled (its RPO can be vouched for once acknowledged, also after a restart). */
+  lastMarker?: { seq: number; time: number; type: MarkerType } | null;
 }
 
 interface SourceGroup {
@@ -374,7 +376,10 @@ export class DataPlaneReplicationService implements ReplicationService {
       stop: new AbortController(),
       task: undefined,
       copyPercent: record.copy.state === 'done' || record.copy.state === 'sent' ? 100 : 0,
-      markers: [],
+      markers:
+        record.lastMarker == null
+          ? []
+          : [{ id: String(record.lastMarker.seq), ...record.lastMarker, pending: false }],
       error: null,
     };
   }
@@ -410,7 +415,11 @@ export class DataPlaneReplicationService implements ReplicationService {
       }
     }
     await this.#refreshReceiver();
-    this.#pruneTimer = setInterval(() => void this.#prune(), this.#o.pruneIntervalMs ?? 60_000);
+    this.#pruneTimer = setInterval(() => {
+      void this.#prune();
+      // A receiver that could not listen (port taken) is tried again.
+      if (this.#receiver === undefined) void this.#refreshReceiver().catch(() => undefined);
+    }, this.#o.pruneIntervalMs ?? 60_000);
     this.#pruneTimer.unref();
   }
 
@@ -601,6 +610,7 @@ export class DataPlaneReplicationService implements ReplicationService {
         since: new Date().toISOString(),
         copy: running?.record.copy ?? { state: 'pending', lastSeq: null, totalBytes: 0 },
         lastAppPointAt: running?.record.lastAppPointAt ?? null,
+        lastMarker: running?.record.lastMarker ?? null,
       };
       await writeJson(join(dir, 'source.json'), record);
       const g = this.#openGroup(record);
@@ -782,8 +792,11 @@ export class DataPlaneReplicationService implements ReplicationService {
 
   async #marker(g: SourceGroup, type: MarkerType): Promise<void> {
     const seq = await g.journal.addMarker(type, randomUUID());
-    g.markers.push({ id: String(seq), seq, time: Date.now(), type, pending: false });
+    const time = Date.now();
+    g.markers.push({ id: String(seq), seq, time, type, pending: false });
     if (g.markers.length > 50) g.markers.splice(0, g.markers.length - 50);
+    g.record.lastMarker = { seq, time, type };
+    await this.#save(g);
   }
 
   /** Freeze the workload, journal an app-consistent marker, thaw (R-POL-3); skipped without a hook. */
@@ -818,6 +831,18 @@ export class DataPlaneReplicationService implements ReplicationService {
     const appMs = r.policy.appConsistentFrequencyHours * 3600_000;
     let nextCrash = Date.now() + crashMs;
     while (!signal.aborted) {
+      if (sender.status().state === 'resync-required' && !g.journal.resyncRequired) {
+        // A record the sender refused as damaged: replace it by a tombstone and compare every block.
+        const replaced = g.journal.repairDamaged();
+        if (replaced.length > 0) {
+          this.#log.warn({ itemId: r.itemId, seqs: replaced.length }, 'damaged journal records; resyncing');
+        } else {
+          const why =
+            'the recovery site needs changes the journal no longer holds; disable and protect again';
+          if (g.error !== why) this.#log.error({ itemId: r.itemId }, why);
+          g.error = why;
+        }
+      }
       if (g.journal.resyncRequired && sender.status().state === 'streaming') {
         this.#log.warn({ itemId: r.itemId, mode: g.journal.mode }, 'journal overflowed; resyncing');
         const res = await runResync({
@@ -864,7 +889,9 @@ export class DataPlaneReplicationService implements ReplicationService {
       if (copying && health !== 'Critical') {
         // No point exists before the copy is acknowledged: that is progress, not a problem.
         health =
-          s !== undefined && (s.state === 'backoff' || s.state === 'connecting') ? 'Warning' : 'Normal';
+          s !== undefined && (s.state === 'backoff' || s.state === 'connecting') && s.lagSeq > 0
+            ? 'Warning'
+            : 'Normal';
         reason =
           health === 'Normal'
             ? null
