@@ -340,19 +340,38 @@ void test('power operations and machine lifecycle run as commands; the seed erro
   await waitUntil('copy gone', async () => (await machine(w, 'eps', 'copy')) === undefined);
   await expectOk('c-delete-again', 'machine.delete', { name: 'copy' });
 
-  // Replication seam: prepare/delete a replica folder, start/stop capture on a machine's disks.
+  // Replication commands: a replica and a journal on the same site (the agent is its own peer, R-INF-6).
+  const self = await w.store.agents.findBySite(
+    (await w.store.sites.get((await w.store.vaults.get('default')).id, 'eps')).id,
+  );
+  assert.ok(self);
+  const peer = {
+    agentId: self.id,
+    siteId: self.siteId,
+    dataAddress: self.dataAddress,
+    certificatePem: self.certificatePem,
+  };
   const prep = (await expectOk('c-prep', 'replica.prepare', {
     itemId: 'item-1',
     machine: { id: 'm1', name: 'web' },
     disks: [{ id: 'disk0', sizeBytes: 1048576 }],
+    peer,
   })) as { replicaPath: string };
   assert.ok(statSync(join(prep.replicaPath, 'replica.json')).isFile());
+  await expectFailure(
+    'c-start-nopeer',
+    'replication.start',
+    { itemId: 'item-1', machine: { id: 'm1', name: 'web' }, disks: [{ id: 'disk0', sizeBytes: 1048576 }] },
+    'AGENT_NOT_REGISTERED',
+    null,
+  );
   const started = (await expectOk('c-start', 'replication.start', {
     itemId: 'item-1',
     machine: { id: 'm1', name: 'web' },
     disks: [{ id: 'disk0', sizeBytes: 1048576 }],
+    peer,
   })) as { shipping: boolean };
-  assert.equal(started.shipping, false, 'the data plane is not wired yet and the agent says so');
+  assert.equal(started.shipping, true, 'the disk is journaled and shipped');
   await expectOk('c-stop', 'replication.stop', { itemId: 'item-1' });
   await expectOk('c-del', 'replica.delete', { itemId: 'item-1' });
   assert.throws(() => statSync(prep.replicaPath));
@@ -522,7 +541,7 @@ void test('kill -9 and restart: same credential, running machines adopted, a com
     await w.enqueue('theta', 'once-1', 'replica.prepare', {
       itemId: 'item-k',
       machine: { id: 'm', name: 'web' },
-      disks: [],
+      disks: [{ id: 'disk0', sizeBytes: 1048576 }],
     });
     const logFile = join(dataDir, 'commands.jsonl');
     await waitUntil('the command ran and its outcome was logged', () =>
