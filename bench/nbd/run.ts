@@ -104,20 +104,23 @@ const SERVERS: readonly ServerSpec[] = [
 
 /**
  * `--variant NAME:KEY=VALUE,KEY=VALUE` adds our server once more as `osr-NAME` with extra environment (e.g.
- * `UV_THREADPOOL_SIZE=16`), measured interleaved with the others so tuning choices are compared fairly on a noisy
+ * `UV_THREADPOOL_SIZE=16`; the key `LAUNCHER=path/to/osr-nbd.js` runs another build, e.g. a copy of the previous
+ * one as a baseline), measured interleaved with the others so tuning choices are compared fairly on a noisy
  * machine.
  */
 function variant(spec: string): ServerSpec {
   const [name, envList = ''] = spec.split(':', 2) as [string, string?];
   const env = { ...process.env };
+  let launcher = LAUNCHER;
   for (const kv of envList.split(',').filter(Boolean)) {
     const i = kv.indexOf('=');
-    env[kv.slice(0, i)] = kv.slice(i + 1);
+    if (kv.slice(0, i) === 'LAUNCHER') launcher = kv.slice(i + 1);
+    else env[kv.slice(0, i)] = kv.slice(i + 1);
   }
   return {
     id: `osr-${name}`,
     start: (image, port) =>
-      start(process.execPath, [LAUNCHER, 'nbd', 'serve', `${image}:bench`, '--port', String(port)], { env }),
+      start(process.execPath, [launcher, 'nbd', 'serve', `${image}:bench`, '--port', String(port)], { env }),
   };
 }
 
@@ -179,6 +182,26 @@ function dropCaches(): boolean {
   }
 }
 
+/** CPU seconds (user + system, all threads) a process has used so far, from /proc; NaN where unavailable. */
+function cpuSeconds(pid: number | undefined): number {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may contain spaces) start at state (field 3); utime/stime are 14/15.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+
+const CLOCK_TICKS = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
 interface FioJob {
   read: { bw_bytes: number; iops: number };
   write: { bw_bytes: number; iops: number };
@@ -220,6 +243,12 @@ function fio(port: number, t: BenchTest, runtime: number): Promise<number> {
 function fmt(v: number | undefined, unit: 'bw' | 'iops'): string {
   if (v === undefined) return '-';
   return unit === 'bw' ? `${v.toFixed(0)} MiB/s` : `${(v / 1000).toFixed(1)}k IOPS`;
+}
+
+/** Server CPU per MiB (bandwidth tests) or per I/O (IOPS tests). */
+function fmtCpu(v: number | undefined, unit: 'bw' | 'iops'): string {
+  if (v === undefined || !Number.isFinite(v)) return '-';
+  return unit === 'bw' ? `${(v * 1e6).toFixed(0)} µs CPU/MiB` : `${(v * 1e6).toFixed(1)} µs CPU/IO`;
 }
 
 function median(xs: number[]): number {
@@ -269,6 +298,7 @@ async function main(): Promise<void> {
   process.once('SIGINT', () => void stopAll().then(() => process.exit(130)));
 
   const results = new Map<string, Map<string, number[]>>();
+  const cpuCost = new Map<string, Map<string, number[]>>();
   let cachesDropped = true;
   try {
     for (const spec of servers) {
@@ -283,13 +313,21 @@ async function main(): Promise<void> {
       for (const t of tests) {
         // Rotate the order every repetition: the first run after a cache drop is often slower on a busy host.
         const order = running.map((_, i) => running[(i + rep) % running.length]!);
-        for (const { spec, port } of order) {
+        for (const { spec, port, child } of order) {
           cachesDropped = dropCaches() && cachesDropped;
+          const cpu0 = cpuSeconds(child.pid);
           const v = await fio(port, t, runtime);
+          // Server CPU per unit of work (ramp included on both sides): steadier than throughput on a busy host.
+          const cpu = (cpuSeconds(child.pid) - cpu0) / (v * (runtime + 1));
           const perServer = results.get(t.id) ?? new Map<string, number[]>();
           results.set(t.id, perServer);
           perServer.set(spec.id, [...(perServer.get(spec.id) ?? []), v]);
-          process.stdout.write(`  ${t.label.padEnd(20)} ${spec.id.padEnd(9)} ${fmt(v, t.unit)}\n`);
+          const perCpu = cpuCost.get(t.id) ?? new Map<string, number[]>();
+          cpuCost.set(t.id, perCpu);
+          perCpu.set(spec.id, [...(perCpu.get(spec.id) ?? []), cpu]);
+          process.stdout.write(
+            `  ${t.label.padEnd(20)} ${spec.id.padEnd(9)} ${fmt(v, t.unit).padEnd(12)} ${fmtCpu(cpu, t.unit)}\n`,
+          );
         }
       }
     }
@@ -334,6 +372,25 @@ async function main(): Promise<void> {
   );
   process.stdout.write(`${line(header)}\n|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|\n`);
   for (const r of rows) process.stdout.write(`${line(r)}\n`);
+  process.stdout.write(`\nserver CPU (user+system, all threads) per MiB or per I/O, median\n`);
+  const cpuRows = tests.map((t) => [
+    t.label,
+    ...cols.map((c) => {
+      const xs = cpuCost.get(t.id)?.get(c);
+      return xs && xs.length > 0 ? fmtCpu(median(xs), t.unit) : '-';
+    }),
+  ]);
+  const cpuHeader = ['test', ...cols];
+  const cw = cpuHeader.map((h, i) => Math.max(h.length, ...cpuRows.map((r) => r[i]!.length)));
+  const cline = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(cw[i]!)).join(' | ')} |`;
+  process.stdout.write(`${cline(cpuHeader)}\n|${cw.map((w) => '-'.repeat(w + 2)).join('|')}|\n`);
+  for (const r of cpuRows) process.stdout.write(`${cline(r)}\n`);
+  process.stdout.write(
+    `load average at the end: ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}\n`,
+  );
   if (!cachesDropped)
     process.stdout.write('\nwarning: could not drop the page cache (not root?); figures swing\n');
   if (values.json) process.stdout.write(`${JSON.stringify(summary)}\n`);

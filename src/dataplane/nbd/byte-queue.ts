@@ -47,6 +47,20 @@ export class ByteQueue {
     return out;
   }
 
+  /** Removes the next `n` bytes (`n <= length`) by copying them into `target` at `at`. */
+  takeInto(target: Buffer, at: number, n: number): void {
+    if (n > this.total)
+      throw new RangeError(`ByteQueue.takeInto(${n}) with only ${this.total} bytes buffered`);
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[this.head]!;
+      const m = Math.min(c.length - this.offsetInHead, n - filled);
+      c.copy(target, at + filled, this.offsetInHead, this.offsetInHead + m);
+      filled += m;
+      this.advance(m);
+    }
+  }
+
   /** Discards the next `n` bytes (`n <= length`). */
   skip(n: number): void {
     if (n > this.total) throw new RangeError(`ByteQueue.skip(${n}) with only ${this.total} bytes buffered`);

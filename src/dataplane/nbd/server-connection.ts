@@ -1,4 +1,4 @@
-import type * as net from 'node:net';
+import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { Extent } from './backend.js';
 import { ByteQueue } from './byte-queue.js';
@@ -12,6 +12,9 @@ type Phase = 'client-flags' | 'options' | 'starttls' | 'transmission' | 'closed'
 const BASE_ALLOCATION_ID = 1;
 /** Largest number of extents sent in one BLOCK_STATUS chunk (spec suggests at most 2^20). */
 const MAX_EXTENTS = 128 * 1024;
+/** Receive slab of the direct path, and the least room a read gets before a new slab is taken. */
+const SLAB_SIZE = 256 * 1024;
+const SLAB_MIN_READ = 32 * 1024;
 /** Zero padding of the EXPORT_NAME reply when NO_ZEROES was not negotiated. */
 const EXPORT_NAME_PADDING = Buffer.alloc(124);
 
@@ -39,6 +42,14 @@ export class NbdConnection {
   private readOnly = true;
   private size = 0;
   private pendingHeader: P.NbdRequestHeader | undefined;
+  /** Payload of `pendingHeader` (a WRITE) while it is being received, and how much of it has arrived. */
+  private payload: Buffer | undefined;
+  private payloadFilled = 0;
+  /** Receive slab of the direct path: reads land at `slabPos`; bytes before it belong to the queue. */
+  private slab: Buffer | undefined;
+  private slabPos = 0;
+  /** The buffer handed to the socket for the next read when it is the rest of `payload`. */
+  private payloadView: Buffer | undefined;
   private pendingOption: { option: number; length: number } | undefined;
   private inFlight = 0;
   private inFlightBytes = 0;
@@ -55,8 +66,12 @@ export class NbdConnection {
     this.socket.uncork();
   };
 
+  /**
+   * `socket` comes from a server created with `pauseOnConnect`; with `directReceive` its handle is taken over by
+   * a socket that reads straight into our buffers (see `adoptDirect`), otherwise it is read through 'data'.
+   */
   constructor(socket: net.Socket, settings: ResolvedServerSettings) {
-    this.socket = socket;
+    this.socket = settings.directReceive ? this.adoptDirect(socket) : socket;
     this.s = settings;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
   }
@@ -68,7 +83,8 @@ export class NbdConnection {
     sock.on('error', (err: Error) => this.fail(err));
     sock.on('close', () => this.onClose());
     sock.on('drain', () => this.maybeResume());
-    sock.on('data', this.onData);
+    if (!this.direct) sock.on('data', this.onData);
+    sock.resume();
     this.handshakeTimer = setTimeout(
       () => this.fail(new NbdProtocolError('handshake timed out')),
       this.s.handshakeTimeoutMs,
@@ -109,6 +125,63 @@ export class NbdConnection {
     this.socket.destroy();
   }
 
+  /** True while the plain socket reads through `nextReadBuffer`/`onDirectRead` instead of 'data' events. */
+  private direct = false;
+
+  /**
+   * Direct receive: a socket built on the accepted connection's handle with Node's `onread` option, so the
+   * kernel copies request payloads straight into the buffer the backend will write (no per-read allocation, no
+   * reassembly copy; a 1 MiB WRITE arrives in a few large reads). Headers and small payloads land in a slab that
+   * is handed out piecewise and never rewritten, so payload views taken from it stay valid.
+   */
+  private adoptDirect(accepted: net.Socket): net.Socket {
+    const holder = accepted as unknown as { _handle?: unknown };
+    const handle = holder._handle;
+    if (!handle) return accepted;
+    // The accepted socket never read (pauseOnConnect); from now on only the new socket owns the handle. The
+    // accepted one is destroyed without it when the connection closes, which keeps the server's count right.
+    holder._handle = null;
+    const sock = new net.Socket({
+      handle,
+      readable: true,
+      writable: true,
+      onread: {
+        buffer: () => this.nextReadBuffer(),
+        callback: (n: number, buf: Uint8Array) => this.onDirectRead(n, buf),
+      },
+    } as net.SocketConstructorOpts & { handle: unknown });
+    sock.once('close', () => accepted.destroy());
+    this.direct = true;
+    return sock;
+  }
+
+  private nextReadBuffer(): Buffer {
+    const missing = this.payload ? this.payload.length - this.payloadFilled : 0;
+    if (missing > 0 && this.queue.length === 0) {
+      this.payloadView = this.payload!.subarray(this.payloadFilled);
+      return this.payloadView;
+    }
+    this.payloadView = undefined;
+    if (!this.slab || this.slab.length - this.slabPos < SLAB_MIN_READ) {
+      this.slab = Buffer.allocUnsafe(SLAB_SIZE);
+      this.slabPos = 0;
+    }
+    return this.slab.subarray(this.slabPos);
+  }
+
+  private onDirectRead(n: number, buf: Uint8Array): void {
+    if (this.phase === 'closed' || n <= 0) return;
+    if (buf === this.payloadView) {
+      this.payloadView = undefined;
+      this.payloadFilled += n;
+      if (this.payloadFilled === this.payload!.length) this.pump();
+      return;
+    }
+    const chunk = this.slab!.subarray(this.slabPos, this.slabPos + n);
+    this.slabPos += n;
+    this.receive(chunk);
+  }
+
   private fail(err: Error): void {
     if (this.phase === 'closed') return;
     this.s.onConnectionError(err);
@@ -124,6 +197,14 @@ export class NbdConnection {
 
   private receive(chunk: Buffer): void {
     if (this.phase === 'closed') return;
+    const payload = this.payload;
+    if (payload && this.queue.length === 0) {
+      // The rest of a WRITE payload: copy straight into it (the direct path usually reads into it instead).
+      const n = Math.min(chunk.length, payload.length - this.payloadFilled);
+      chunk.copy(payload, this.payloadFilled, 0, n);
+      this.payloadFilled += n;
+      chunk = chunk.subarray(n);
+    }
     this.queue.push(chunk);
     this.pump();
   }
@@ -433,11 +514,21 @@ export class NbdConnection {
     }
     let payload: Buffer | undefined;
     if (h.type === P.NBD_CMD_WRITE) {
-      if (this.queue.length < h.length) {
+      if (this.payload) {
+        // Being received straight into its buffer; the queue only fills once it is complete.
+        if (this.payloadFilled < this.payload.length) return false;
+        payload = this.payload;
+        this.payload = undefined;
+      } else if (this.queue.length >= h.length) {
+        payload = this.queue.take(h.length);
+      } else {
+        // Not all here yet: move what arrived into the payload's own buffer and receive the rest into it.
         this.pendingHeader = h;
+        this.payload = Buffer.allocUnsafe(h.length);
+        this.payloadFilled = this.queue.length;
+        this.queue.takeInto(this.payload, 0, this.payloadFilled);
         return false;
       }
-      payload = this.queue.take(h.length);
     }
     this.pendingHeader = undefined;
     this.dispatch({ ...h, payload });

@@ -418,3 +418,75 @@ describe('NbdServer with NbdClient', () => {
     assert.equal((await NbdClient.list({ ...opts, tls: { ca: cert, servername: 'localhost' } })).length, 1);
   });
 });
+
+describe('NbdServer receive paths', () => {
+  for (const directReceive of [true, false]) {
+    const name = directReceive ? 'direct (onread)' : "'data' event";
+    test(`${name} receive: a request stream cut at arbitrary points, with the connection at its in-flight limit, is applied exactly`, async (t) => {
+      const inner = new MemoryBackend(64 * MiB);
+      // Slow writes keep the connection at its in-flight limit while more of the stream arrives, so reading
+      // pauses and resumes with partial headers and payloads buffered.
+      const slow: BlockBackend = Object.assign(Object.create(inner) as MemoryBackend, {
+        write: async (o: number, d: Buffer) => {
+          await new Promise((r) => setTimeout(r, 2));
+          return inner.write(o, d);
+        },
+      });
+      const server = new NbdServer({
+        exports: [{ name: 'disk', backend: slow }],
+        directReceive,
+        maxInFlight: 2,
+      });
+      const addr = await server.listen({ host: '127.0.0.1', port: 0 });
+      assert.ok(typeof addr !== 'string');
+      t.after(() => server.close());
+      const p = await RawPeer.open(addr.port);
+      t.after(() => p.destroy());
+      await p.go('disk');
+      p.socket.setNoDelay(true);
+
+      let seed = 12345;
+      const rand = (n: number): number => {
+        seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+        return seed % n;
+      };
+      const sizes = [1, 4096, 28, 65536 + 5, 300 * 1024, 2 * MiB + 3, 512, MiB, 27, 3 * MiB + 1];
+      const parts: Buffer[] = [];
+      const writes: Array<{ offset: number; data: Buffer }> = [];
+      let offset = 0;
+      let cookie = 1n;
+      for (const size of sizes) {
+        const data = crypto.randomBytes(size);
+        writes.push({ offset, data });
+        parts.push(P.encodeRequest(P.NBD_CMD_WRITE, 0, cookie++, offset, size), data);
+        // A read of a range written earlier in the same stream rides along between writes.
+        parts.push(P.encodeRequest(P.NBD_CMD_READ, 0, 1000n + cookie, 0, 1));
+        offset += size + 4096;
+      }
+      const stream = Buffer.concat(parts);
+      for (let at = 0; at < stream.length;) {
+        const n = Math.min(stream.length - at, rand(4) === 0 ? 1 + rand(40) : 1 + rand(400 * 1024));
+        p.write(stream.subarray(at, at + n));
+        at += n;
+        if (rand(3) === 0) await new Promise((r) => setTimeout(r, 1));
+      }
+      const expectedReplies = sizes.length * 2;
+      const errors = new Map<bigint, number>();
+      for (let i = 0; i < expectedReplies; i++) {
+        const h = await p.read(16);
+        assert.equal(h.readUInt32BE(0), P.NBD_SIMPLE_REPLY_MAGIC);
+        const c = h.readBigUInt64BE(8);
+        errors.set(c, h.readUInt32BE(4));
+        if (c >= 1000n) await p.read(1);
+      }
+      assert.equal(errors.size, expectedReplies);
+      assert.ok([...errors.values()].every((e) => e === 0));
+      for (const w of writes) {
+        assert.ok((await inner.read(w.offset, w.data.length)).equals(w.data), `write at ${w.offset} differs`);
+      }
+      // The gaps between the writes were never touched.
+      for (const w of writes)
+        assert.ok((await inner.read(w.offset + w.data.length, 4096)).every((b) => b === 0));
+    });
+  }
+});

@@ -55,6 +55,12 @@ export interface NbdServerOptions {
   readonly maxConnections?: number;
   /** Called when a connection is dropped because of an error or protocol violation (for logging). */
   readonly onConnectionError?: (err: Error) => void;
+  /**
+   * Receive plaintext connections straight into request buffers (Node's socket `onread`) instead of through
+   * 'data' events: no per-read allocation and no reassembly copy of large WRITE payloads. TLS connections always
+   * use 'data' events. Default true, or the environment's `OSR_NBD_DIRECT_RECEIVE` (`0` turns it off).
+   */
+  readonly directReceive?: boolean;
 }
 
 /** Where to listen: TCP (`port` 0 picks a free one) or a unix socket `path`. */
@@ -72,6 +78,7 @@ export interface ResolvedServerSettings {
   readonly maxOptionLength: number;
   readonly handshakeTimeoutMs: number;
   readonly onConnectionError: (err: Error) => void;
+  readonly directReceive: boolean;
 }
 
 /**
@@ -110,9 +117,10 @@ export class NbdServer {
       maxOptionLength: options.maxOptionLength ?? 64 * 1024,
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? 30_000,
       onConnectionError: options.onConnectionError ?? (() => undefined),
+      directReceive: options.directReceive ?? process.env.OSR_NBD_DIRECT_RECEIVE !== '0',
     };
     this.drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
-    this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     if (options.maxConnections !== undefined) this.server.maxConnections = options.maxConnections;
   }
 
