@@ -154,6 +154,23 @@ void test(
       } finally {
         await ledger(s, 'thaw');
       }
+      // Both agents' figures reach the item: lag and throughput from the source, backlog from the recovery side.
+      const stats = await waitUntil('replication figures on the item', async () => {
+        const r = await w.api<{
+          replicationStats: {
+            lagSeconds: number | null;
+            lagBytes: number | null;
+            backlogBytes: number | null;
+            throughputBps: number | null;
+            compressionRatio: number | null;
+          } | null;
+        }>('GET', `/vaults/default/items/${itemId}`);
+        const st = r.body.replicationStats;
+        return st !== null && st.backlogBytes !== null && st.lagSeconds !== null ? st : undefined;
+      });
+      assert.equal(typeof stats.throughputBps, 'number');
+      assert.ok((stats.compressionRatio ?? 0) > 0);
+      assert.ok((stats.lagBytes ?? -1) >= 0);
 
       // Every byte the agents sent the control plane: far fewer than the disk bytes replicated, none of the pattern.
       const sent = s.recorder.sent();
