@@ -445,9 +445,18 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
       switch (op) {
         case 'DisableProtection': {
           const policy = await store.policies.get(vaultId, item.policyId);
+          // After a failover the machine at the target runs on the replica: keep it.
+          const runsOnReplica = item.activeLocation !== (item.reversed ? 'recovery' : 'primary');
+          if (runsOnReplica && params.deleteReplica === true) {
+            throw new OsrError(
+              'VALIDATION_FAILED',
+              `the failed-over machine of '${item.name}' runs on the replica; disable protection without deleting it`,
+              { details: { field: 'deleteReplica', protectionState: item.protectionState } },
+            );
+          }
           const input: DisableProtectionInput = {
             itemId: item.id,
-            deleteReplica: params.deleteReplica ?? policy.deleteReplicaOnDisable,
+            deleteReplica: !runsOnReplica && (params.deleteReplica ?? policy.deleteReplicaOnDisable),
             force: params.force ?? false,
             previousState: item.protectionState,
           };

@@ -405,6 +405,25 @@ for (const dialect of dialects()) {
       }
     });
 
+    it('disable protection after a failover keeps the replica the failed-over machine runs on', async () => {
+      const env = await setup({ dialect });
+      try {
+        await protectWeb(env);
+        assert.equal((await run(env, 'UnplannedFailover')).state, 'Succeeded');
+        await assert.rejects(
+          env.workflows.operate(env.vaultId, 'web', 'DisableProtection', { deleteReplica: true }),
+          rejectsWith('VALIDATION_FAILED'),
+        );
+        env.seen.length = 0;
+        const job = await env.workflows.operate(env.vaultId, 'web', 'DisableProtection', {});
+        assert.equal((await jobEnded(env.store, job.id)).state, 'Succeeded');
+        assert.deepEqual(sent(env), ['primary:replication.stop'], 'the policy would delete it; not now');
+        assert.equal(await env.store.items.find(env.vaultId, 'web'), undefined);
+      } finally {
+        await env.stop();
+      }
+    });
+
     it('planned failover: shut down, drain, final point after the drain, snapshot, power on', async () => {
       const env = await setup({ dialect, primaryKind: 'cloud', recoveryKind: 'onprem' });
       try {
