@@ -158,6 +158,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
       clock,
       heartbeatTimeoutMs,
       onCommandEnqueued: (agentId: string) => channel.notify(agentId),
+      logger: logger.child({ part: 'workflows' }),
     });
     workflows.register();
     engine.start();

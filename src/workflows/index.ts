@@ -63,6 +63,8 @@ export interface WorkflowsOptions {
   onCommandEnqueued?: (agentId: string) => void;
   /** How often steps waiting on agent reports re-read the store (default 250 ms). */
   pollMs?: number;
+  /** Where background work (the test failover sweeper) reports failures. */
+  logger?: { warn(obj: object, msg: string): void };
 }
 
 /** Enable protection of a machine (R-REP-1). */
@@ -302,6 +304,32 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
     });
   }
 
+  /** R-TF-3: completes test failovers waiting for cleanup for more than 14 days. */
+  async function sweepTestFailovers(): Promise<string[]> {
+    const cleaned: string[] = [];
+    const now = clock.now().getTime();
+    for (const vault of (await store.vaults.list({ limit: 10_000, offset: 0 })).items) {
+      const items = await store.items.list(vault.id, { limit: 100_000, offset: 0 });
+      for (const item of items.items) {
+        if (item.testFailoverState !== 'WaitingForCleanup') continue;
+        const testJob = item.currentJobId === null ? undefined : await store.jobs.find(item.currentJobId);
+        const since =
+          testJob?.waiting?.since ??
+          testJob?.endedAt ??
+          (await lastTestJob(item.id))?.endedAt ??
+          item.updatedAt;
+        if (now - Date.parse(since) < TEST_FAILOVER_MAX_AGE_MS) continue;
+        try {
+          await cleanupTest(item, 'Completed automatically: the test failover ran for more than 14 days.');
+          cleaned.push(item.id);
+        } catch (err) {
+          if (!(err instanceof OsrError && err.code === 'OPERATION_NOT_ALLOWED')) throw err;
+        }
+      }
+    }
+    return cleaned;
+  }
+
   return {
     register() {
       for (const def of enableProtectionJobs(deps)) engine.register(def);
@@ -538,35 +566,14 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
       return planReprotect(store, item, reprotectParams(params));
     },
 
-    async sweepTestFailovers() {
-      const cleaned: string[] = [];
-      const now = clock.now().getTime();
-      for (const vault of (await store.vaults.list({ limit: 10_000, offset: 0 })).items) {
-        const items = await store.items.list(vault.id, { limit: 100_000, offset: 0 });
-        for (const item of items.items) {
-          if (item.testFailoverState !== 'WaitingForCleanup') continue;
-          const testJob = item.currentJobId === null ? undefined : await store.jobs.find(item.currentJobId);
-          const since =
-            testJob?.waiting?.since ??
-            testJob?.endedAt ??
-            (await lastTestJob(item.id))?.endedAt ??
-            item.updatedAt;
-          if (now - Date.parse(since) < TEST_FAILOVER_MAX_AGE_MS) continue;
-          try {
-            await cleanupTest(item, 'Completed automatically: the test failover ran for more than 14 days.');
-            cleaned.push(item.id);
-          } catch (err) {
-            if (!(err instanceof OsrError && err.code === 'OPERATION_NOT_ALLOWED')) throw err;
-          }
-        }
-      }
-      return cleaned;
-    },
+    sweepTestFailovers,
 
     startSweeper(everyMs = 3600_000) {
       let running: Promise<unknown> = Promise.resolve();
       const t = setInterval(() => {
-        running = running.then(() => this.sweepTestFailovers()).catch(() => undefined);
+        running = running
+          .then(() => sweepTestFailovers())
+          .catch((err: unknown) => options.logger?.warn({ err }, 'test failover auto-cleanup failed'));
       }, everyMs);
       t.unref();
       return () => clearInterval(t);
