@@ -36,8 +36,8 @@ async function world(): Promise<World> {
   return w;
 }
 
-async function sites(w: World): Promise<Sites> {
-  const s = await startSites(w);
+async function sites(w: World, extra: string[] = []): Promise<Sites> {
+  const s = await startSites(w, extra);
   recorders.push(s.recorder);
   return s;
 }
@@ -114,7 +114,7 @@ void test(
   { timeout: 240_000 },
   async () => {
     const w = await world();
-    const s = await sites(w);
+    const s = await sites(w, ['--point-interval', '1500']);
     await withLogs(s, async () => {
       const itemId = await protectWeb(w, { appConsistentFrequencyHours: 1 });
       const item = await waitProtected(w, itemId);
@@ -135,6 +135,13 @@ void test(
         return types.has('crash-consistent') && types.has('app-consistent') ? list : undefined;
       });
       assert.ok(pts.every((p) => p.sequence > 0 && !Number.isNaN(Date.parse(p.time))));
+      // Crash-consistent points keep coming at the agent's point interval (the policy's copy frequency otherwise).
+      const crash = await waitUntil('three crash-consistent points', async () => {
+        const list = (await points(w, itemId)).filter((p) => p.type === 'crash-consistent');
+        return list.length >= 3 ? list : undefined;
+      });
+      const seqs = crash.map((p) => p.sequence).sort((a, b) => a - b);
+      assert.equal(new Set(seqs).size, seqs.length, 'each point is listed once');
 
       // Writes made after protection: a unique random pattern, and the ledger's own appends.
       const before = (await ledger(s, 'status')).count ?? 0;

@@ -40,6 +40,7 @@ interface AgentRunFlags {
   pollWait?: number;
   inventoryPoll?: number;
   shutdownTimeout?: number;
+  pointInterval?: number;
   exitWithParent?: boolean | number;
 }
 
@@ -60,6 +61,11 @@ function withRunOptions(cmd: Command): Command {
       intArg(10),
     )
     .option('--shutdown-timeout <ms>', 'graceful machine shutdown before SIGKILL (default 30000)', intArg(0))
+    .option(
+      '--point-interval <ms>',
+      "crash-consistent recovery points this often instead of the policy's copy frequency (demos, tests)",
+      intArg(100),
+    )
     .option(
       '--exit-with-parent [pid]',
       'stop (shutting machines down) when the process that started the agent (whose pid it is) ends',
@@ -133,6 +139,7 @@ async function runAgent(cmd: Command): Promise<void> {
       ...(flags.pollWait === undefined ? {} : { pollWaitMs: flags.pollWait }),
       ...(flags.inventoryPoll === undefined ? {} : { inventoryPollMs: flags.inventoryPoll }),
       ...(flags.shutdownTimeout === undefined ? {} : { shutdownTimeoutMs: flags.shutdownTimeout }),
+      ...(flags.pointInterval === undefined ? {} : { crashPointIntervalMs: flags.pointInterval }),
       log: logger,
       signal: abort.signal,
     });
