@@ -88,6 +88,7 @@ const STEP = {
   drain: 'Synchronize pending changes',
   point: 'Prepare the recovery point',
   expose: 'Expose disks at the recovery point',
+  prepareMachine: 'Prepare the machine for the target',
   create: 'Create the machine at the target',
   snapshot: 'Snapshot the target disks',
   start: 'Start the machine at the target',
@@ -144,17 +145,17 @@ interface CreatedMachine {
 }
 
 /** Creates (or, at failback, re-attaches) the machine at the target on the exposure. */
-async function createAtTarget(
+/** The spec of the machine to bring up at the target (placement, network, tools and IP rules). */
+async function targetSpec(
   deps: WorkflowDeps,
   ctx: StepContext<FailoverInput>,
   item: ProtectedItem,
   purpose: 'test' | 'failover',
-  exposed: ReplicaExposeResult,
-): Promise<CreatedMachine> {
+): Promise<FailoverMachineSpec> {
   const source = await sourceMachine(deps, item);
   const base = await targetMachineName(deps, item, source);
   const existing = purpose === 'failover' ? await failbackMachine(deps, item) : undefined;
-  const spec = await failoverMachineSpec(deps, item, source, {
+  return failoverMachineSpec(deps, item, source, {
     name: purpose === 'test' ? testMachineName(base) : base,
     purpose,
     network:
@@ -162,6 +163,44 @@ async function createAtTarget(
     existing,
     origin: purpose === 'test' ? 'test-failover' : 'failover',
   });
+}
+
+/**
+ * What the machine needs beyond a plain copy when it comes up on the other side
+ * (R-FO-6), as the job shows it: guest tools, static IPs that become DHCP, networks.
+ */
+export function extraProcessing(source: Machine, spec: FailoverMachineSpec): string[] {
+  const out: string[] = [];
+  if (spec.guestTools !== source.guestTools) {
+    out.push(`guest tools: ${source.guestTools} → ${spec.guestTools} (${source.osType})`);
+  }
+  spec.nics.forEach((n, i) => {
+    const from = source.nics[i];
+    const where =
+      n.network === null
+        ? n.isolated === true
+          ? 'an isolated network'
+          : 'no network'
+        : `${n.network}/${n.subnet ?? '-'}`;
+    out.push(`NIC ${i}: ${from?.network ?? 'none'}/${from?.subnet ?? '-'} → ${where}`);
+    if (from?.ip != null && n.ip === null) out.push(`NIC ${i}: static IP ${from.ip} → DHCP`);
+    else if (n.ip !== null && n.ip !== from?.ip) out.push(`NIC ${i}: IP ${n.ip}`);
+  });
+  if (spec.reuseExisting)
+    out.push(`disks of the existing machine ${spec.name} attached to the recovery point`);
+  return out;
+}
+
+/** Creates (or, at failback, re-attaches) the machine at the target on the exposure. */
+async function createAtTarget(
+  deps: WorkflowDeps,
+  ctx: StepContext<FailoverInput>,
+  item: ProtectedItem,
+  purpose: 'test' | 'failover',
+  exposed: ReplicaExposeResult,
+  prepared?: FailoverMachineSpec,
+): Promise<CreatedMachine> {
+  const spec = prepared ?? (await targetSpec(deps, ctx, item, purpose));
   const result = await command(deps, ctx, item.targetSiteId, 'machine.create', spec);
   const m = await recordCreatedMachine(
     deps.store,
@@ -477,10 +516,20 @@ function failoverSteps(deps: WorkflowDeps, planned: boolean): StepDefinition<Fai
       },
     },
     {
+      // R-FO-6: the extra processing the machine needs at the other side, shown as its own step.
+      name: STEP.prepareMachine,
+      async run(ctx) {
+        const item = await heldItem(deps, ctx.input.itemId, ctx.job.id);
+        const spec = await targetSpec(deps, ctx, item, 'failover');
+        return { spec, processing: extraProcessing(await sourceMachine(deps, item), spec) };
+      },
+    },
+    {
       name: STEP.create,
       async run(ctx) {
         const item = await heldItem(deps, ctx.input.itemId, ctx.job.id);
-        return createAtTarget(deps, ctx, item, 'failover', exposureOf(ctx, STEP.expose));
+        const prepared = ctx.outputs[STEP.prepareMachine] as { spec?: FailoverMachineSpec } | undefined;
+        return createAtTarget(deps, ctx, item, 'failover', exposureOf(ctx, STEP.expose), prepared?.spec);
       },
     },
   );

@@ -299,7 +299,7 @@ describe('osr server killed mid-job', () => {
       await primary.round(server);
       await recovery.round(server);
       const job = await admin<Job>('GET', `/jobs/${jobId}`);
-      return job.steps[5]?.state === 'InProgress' && recovery.held.size === 1 ? job : undefined;
+      return job.steps[6]?.state === 'InProgress' && recovery.held.size === 1 ? job : undefined;
     });
 
     server.proc.child.kill('SIGKILL');
@@ -322,6 +322,7 @@ describe('osr server killed mid-job', () => {
         'Stop replication',
         'Prepare the recovery point',
         'Expose disks at the recovery point',
+        'Prepare the machine for the target',
         'Create the machine at the target',
         'Start the machine at the target',
         'Finalize failover',

@@ -227,6 +227,7 @@ for (const dialect of dialects()) {
             'Stop replication',
             'Prepare the recovery point',
             'Expose disks at the recovery point',
+            'Prepare the machine for the target',
             'Create the machine at the target',
             'Start the machine at the target',
             'Finalize failover',
@@ -241,6 +242,15 @@ for (const dialect of dialects()) {
           'recovery:machine.powerOn',
         ]);
         assert.equal(payloadOf(env, 'replica.expose')['stopReceiving'], true);
+        // R-FO-6: the job shows the extra processing the machine gets at the other side.
+        const prepared = job.steps.find((s) => s.name === 'Prepare the machine for the target')?.output as {
+          processing: string[];
+        };
+        assert.deepEqual(prepared.processing, [
+          'guest tools: Installed → Removed (linux)',
+          'NIC 0: prod/default → prod-dr/default',
+          'NIC 0: static IP 10.0.0.5 → DHCP',
+        ]);
         const create = payloadOf(env, 'machine.create');
         assert.equal(create['name'], 'web');
         assert.equal(create['origin'], 'failover');
@@ -442,6 +452,7 @@ for (const dialect of dialects()) {
             'Synchronize pending changes',
             'Prepare the recovery point',
             'Expose disks at the recovery point',
+            'Prepare the machine for the target',
             'Create the machine at the target',
             'Snapshot the target disks',
             'Start the machine at the target',
