@@ -154,7 +154,10 @@ async function targetSpec(
 ): Promise<FailoverMachineSpec> {
   const source = await sourceMachine(deps, item);
   const base = await targetMachineName(deps, item, source);
-  const existing = purpose === 'failover' ? await failbackMachine(deps, item) : undefined;
+  const existing =
+    purpose === 'failover'
+      ? ((await failbackMachine(deps, item)) ?? (await leftByEarlierAttempt(deps, item, base)))
+      : undefined;
   return failoverMachineSpec(deps, item, source, {
     name: purpose === 'test' ? testMachineName(base) : base,
     purpose,
@@ -163,6 +166,22 @@ async function targetSpec(
     existing,
     origin: purpose === 'test' ? 'test-failover' : 'failover',
   });
+}
+
+/**
+ * A machine an earlier, failed failover of this item created at the target (a retry
+ * reuses it rather than failing on its name, 78052): made by failover and not the
+ * machine of any other item.
+ */
+async function leftByEarlierAttempt(
+  deps: WorkflowDeps,
+  item: ProtectedItem,
+  name: string,
+): Promise<Machine | undefined> {
+  const m = await deps.store.machines.find(item.targetSiteId, name);
+  if (m === undefined || m.origin !== 'failover') return undefined;
+  const owner = await deps.store.items.findByMachine(m.id);
+  return owner === undefined || owner.id === item.id ? m : undefined;
 }
 
 /**

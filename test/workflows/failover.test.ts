@@ -300,6 +300,30 @@ for (const dialect of dialects()) {
       }
     });
 
+    it('an unplanned failover that fails at power-on (8038) can be retried; the retry reuses its machine', async () => {
+      const env = await setup({ dialect });
+      try {
+        await protectWeb(env);
+        env.script = (c) =>
+          c.type === 'machine.powerOn'
+            ? { code: 'TARGET_HOST_OUT_OF_MEMORY', message: 'h1 has 100 MiB free', seedCode: 8038 }
+            : undefined;
+        const failed = await run(env, 'UnplannedFailover');
+        assert.equal(failed.state, 'Failed');
+        assert.equal(failed.error?.seedCode, 8038);
+        assert.ok(failed.error?.recommendedAction);
+        assert.equal((await env.store.items.get(env.vaultId, 'web')).protectionState, 'Protected');
+        env.script = () => undefined;
+        env.seen.length = 0;
+        const retry = await run(env, 'UnplannedFailover', { point: 'latest-processed' });
+        assert.equal(retry.state, 'Succeeded', JSON.stringify(retry.error));
+        assert.equal(payloadOf(env, 'machine.create')['reuseExisting'], true);
+        assert.equal((await env.store.items.get(env.vaultId, 'web')).protectionState, 'FailedOver');
+      } finally {
+        await env.stop();
+      }
+    });
+
     it('unplanned failover refusals: not Protected, no point, app-consistent missing', async () => {
       const env = await setup({ dialect });
       try {
