@@ -43,6 +43,9 @@ export const CANCEL_FAILOVER = 'CancelFailover';
 /** A test failover left running this long is cleaned up automatically (R-TF-3). */
 export const TEST_FAILOVER_MAX_AGE_MS = 14 * 24 * 3600_000;
 
+/** The step of a test failover whose output is the test machine (`describeItem` reads it). */
+export const TEST_MACHINE_STEP = 'Create the test machine';
+
 /** The planned failover's snapshot of the target disks, taken before power-on (R-FO-10). */
 export const PRE_POWER_ON_SNAPSHOT = 'pre-power-on';
 
@@ -93,7 +96,7 @@ const STEP = {
   snapshot: 'Snapshot the target disks',
   start: 'Start the machine at the target',
   finalizeFailover: 'Finalize failover',
-  createTest: 'Create the test machine',
+  createTest: TEST_MACHINE_STEP,
   exposeTest: 'Expose test disks',
   startTest: 'Start the test machine',
   completeTest: 'Complete test',

@@ -40,6 +40,7 @@ import {
   TEST_FAILOVER,
   TEST_FAILOVER_CLEANUP,
   TEST_FAILOVER_MAX_AGE_MS,
+  TEST_MACHINE_STEP,
   UNPLANNED_FAILOVER,
   failoverJobs,
 } from './failover.js';
@@ -206,7 +207,7 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
     const job =
       item.currentJobId === null ? await lastTestJob(item.id) : await store.jobs.find(item.currentJobId);
     if (job === undefined) return null;
-    const out = job.steps.find((st) => st.name === 'Create the test machine')?.output as
+    const out = job.steps.find((st) => st.name === TEST_MACHINE_STEP)?.output as
       { machineId?: string; name?: string; disks?: { id: string; nbdUri: string }[] } | undefined;
     return {
       jobId: job.id,

@@ -590,6 +590,29 @@ for (const dialect of dialects()) {
       }
     });
 
+    it('an operator cancel of a running planned failover also rolls it back automatically', async () => {
+      const env = await setup({ dialect });
+      try {
+        await protectWeb(env);
+        env.script = (c) => (c.type === 'replica.snapshot' ? 'hold' : undefined);
+        const job = await env.workflows.operate(env.vaultId, 'web', 'PlannedFailover', {});
+        await waitUntil('snapshot sent', () => Promise.resolve(env.held.length > 0 ? true : undefined));
+        await env.workflows.cancelJob(job.id, false);
+        assert.equal((await jobEnded(env.store, job.id)).state, 'Cancelled');
+        const cancel = await waitUntil('automatic cancel', async () => {
+          const jobs = await env.store.jobs.list({ type: 'CancelFailover' });
+          return jobs.items[0];
+        });
+        assert.equal((await jobEnded(env.store, cancel.id)).state, 'Succeeded');
+        const item = await env.store.items.get(env.vaultId, 'web');
+        assert.equal(item.protectionState, 'Protected');
+        assert.equal(item.currentJobId, null);
+        assert.ok(sent(env).includes('primary:replication.start'), 'replication resumed');
+      } finally {
+        await env.stop();
+      }
+    });
+
     it('when the automatic cancel fails too, the job says to cancel by hand with the steps', async () => {
       const env = await setup({ dialect });
       try {
