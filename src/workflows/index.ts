@@ -331,6 +331,123 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
     return cleaned;
   }
 
+  /** Starts an operation on the item as it is now (see `operate`). */
+  async function operateOnce(
+    vaultId: string,
+    itemKey: string,
+    op: Operation,
+    params: OperationParams,
+  ): Promise<Job> {
+    const item = await store.items.get(vaultId, itemKey);
+    const context = await lifecycleContext(item);
+    const jobType = JOB_TYPE_OF[op];
+    // Refuse what is not allowed in this state first (409), then what needs an agent (503).
+    assertAllowed(item, op, {});
+    if (op === 'PlannedFailover' || op === 'ReverseReplicate') {
+      await deps.commands.agentFor(await store.sites.getById(item.sourceSiteId));
+      await deps.commands.agentFor(await store.sites.getById(item.targetSiteId));
+    }
+    const start = <I>(input: I, patch?: Partial<ProtectedItem>): Promise<Job> =>
+      startItemJob({
+        store,
+        engine,
+        item,
+        operation: op,
+        context,
+        jobType,
+        input,
+        ...(patch === undefined ? {} : { patch }),
+      });
+    switch (op) {
+      case 'DisableProtection': {
+        const policy = await store.policies.get(vaultId, item.policyId);
+        // After a failover the machine at the target runs on the replica: keep it.
+        const runsOnReplica = item.activeLocation !== (item.reversed ? 'recovery' : 'primary');
+        if (runsOnReplica && params.deleteReplica === true) {
+          throw new OsrError(
+            'VALIDATION_FAILED',
+            `the failed-over machine of '${item.name}' runs on the replica; disable protection without deleting it`,
+            { details: { field: 'deleteReplica', protectionState: item.protectionState } },
+          );
+        }
+        const input: DisableProtectionInput = {
+          itemId: item.id,
+          deleteReplica: !runsOnReplica && (params.deleteReplica ?? policy.deleteReplicaOnDisable),
+          force: params.force ?? false,
+          previousState: item.protectionState,
+        };
+        return start(input);
+      }
+      case 'RepairReplication': {
+        const input: EnableProtectionInput = { itemId: item.id, replicaExists: false, resync: true };
+        return start(input, { initialReplicationProgress: 0, resyncRequired: true });
+      }
+      case 'TestFailover':
+      case 'PlannedFailover':
+      case 'UnplannedFailover': {
+        const failback = item.reversed;
+        if (failback) await assertFailbackAllowed(item);
+        const point = params.point ?? (failback ? 'latest-processed' : 'latest');
+        await checkPoint(item, point, failback);
+        if (op === 'TestFailover') {
+          await checkTestNetwork(item, params.network);
+        } else if (params.network !== undefined) {
+          throw new OsrError('VALIDATION_FAILED', 'network goes with a test failover only', {
+            details: { field: 'network' },
+          });
+        }
+        if (
+          op === 'PlannedFailover' &&
+          params.point !== undefined &&
+          parsePointChoice(point).kind !== 'latest'
+        ) {
+          throw new OsrError(
+            'VALIDATION_FAILED',
+            'a planned failover always fails over to a new point holding every change (latest)',
+            { details: { field: 'point', value: params.point } },
+          );
+        }
+        const input: FailoverInput = {
+          itemId: item.id,
+          op,
+          point,
+          // R-RP-3: the failed-over machine is shut down during failback.
+          shutdownSource: params.shutdownSource ?? failback,
+          ...(params.network === undefined ? {} : { network: params.network }),
+          failback,
+          accepted: accepted(item),
+        };
+        return start(input);
+      }
+      case 'TestFailoverCleanup':
+        return cleanupTest(item, params.notes ?? null);
+      case 'ChangePit': {
+        const point = params.point ?? 'latest-processed';
+        await checkPoint(item, point, false);
+        const input: ItemOpInput = { itemId: item.id, accepted: accepted(item), point };
+        return start(input);
+      }
+      case 'Commit':
+      case 'CancelFailover': {
+        const input: ItemOpInput = { itemId: item.id, accepted: accepted(item), failoverJobId: null };
+        return start(input);
+      }
+      case 'ReverseReplicate': {
+        await planReprotect(store, item, reprotectParams(params));
+        const policy = await store.policies.get(vaultId, params.policy ?? item.policyId);
+        const input: ReprotectInput = {
+          itemId: item.id,
+          location: params.location ?? 'original',
+          host: params.host ?? null,
+          datastore: params.datastore ?? null,
+          policyId: policy.id,
+          accepted: accepted(item),
+        };
+        return start(input, { initialReplicationProgress: 0 });
+      }
+    }
+  }
+
   return {
     register() {
       for (const def of enableProtectionJobs(deps)) engine.register(def);
@@ -451,112 +568,13 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
     },
 
     async operate(vaultId, itemKey, op, params) {
-      const item = await store.items.get(vaultId, itemKey);
-      const context = await lifecycleContext(item);
-      const jobType = JOB_TYPE_OF[op];
-      // Refuse what is not allowed in this state first (409), then what needs an agent (503).
-      assertAllowed(item, op, {});
-      if (op === 'PlannedFailover' || op === 'ReverseReplicate') {
-        await deps.commands.agentFor(await store.sites.getById(item.sourceSiteId));
-        await deps.commands.agentFor(await store.sites.getById(item.targetSiteId));
-      }
-      const start = <I>(input: I, patch?: Partial<ProtectedItem>): Promise<Job> =>
-        startItemJob({
-          store,
-          engine,
-          item,
-          operation: op,
-          context,
-          jobType,
-          input,
-          ...(patch === undefined ? {} : { patch }),
-        });
-      switch (op) {
-        case 'DisableProtection': {
-          const policy = await store.policies.get(vaultId, item.policyId);
-          // After a failover the machine at the target runs on the replica: keep it.
-          const runsOnReplica = item.activeLocation !== (item.reversed ? 'recovery' : 'primary');
-          if (runsOnReplica && params.deleteReplica === true) {
-            throw new OsrError(
-              'VALIDATION_FAILED',
-              `the failed-over machine of '${item.name}' runs on the replica; disable protection without deleting it`,
-              { details: { field: 'deleteReplica', protectionState: item.protectionState } },
-            );
-          }
-          const input: DisableProtectionInput = {
-            itemId: item.id,
-            deleteReplica: !runsOnReplica && (params.deleteReplica ?? policy.deleteReplicaOnDisable),
-            force: params.force ?? false,
-            previousState: item.protectionState,
-          };
-          return start(input);
-        }
-        case 'RepairReplication': {
-          const input: EnableProtectionInput = { itemId: item.id, replicaExists: false, resync: true };
-          return start(input, { initialReplicationProgress: 0, resyncRequired: true });
-        }
-        case 'TestFailover':
-        case 'PlannedFailover':
-        case 'UnplannedFailover': {
-          const failback = item.reversed;
-          if (failback) await assertFailbackAllowed(item);
-          const point = params.point ?? (failback ? 'latest-processed' : 'latest');
-          await checkPoint(item, point, failback);
-          if (op === 'TestFailover') {
-            await checkTestNetwork(item, params.network);
-          } else if (params.network !== undefined) {
-            throw new OsrError('VALIDATION_FAILED', 'network goes with a test failover only', {
-              details: { field: 'network' },
-            });
-          }
-          if (
-            op === 'PlannedFailover' &&
-            params.point !== undefined &&
-            parsePointChoice(point).kind !== 'latest'
-          ) {
-            throw new OsrError(
-              'VALIDATION_FAILED',
-              'a planned failover always fails over to a new point holding every change (latest)',
-              { details: { field: 'point', value: params.point } },
-            );
-          }
-          const input: FailoverInput = {
-            itemId: item.id,
-            op,
-            point,
-            // R-RP-3: the failed-over machine is shut down during failback.
-            shutdownSource: params.shutdownSource ?? failback,
-            ...(params.network === undefined ? {} : { network: params.network }),
-            failback,
-            accepted: accepted(item),
-          };
-          return start(input);
-        }
-        case 'TestFailoverCleanup':
-          return cleanupTest(item, params.notes ?? null);
-        case 'ChangePit': {
-          const point = params.point ?? 'latest-processed';
-          await checkPoint(item, point, false);
-          const input: ItemOpInput = { itemId: item.id, accepted: accepted(item), point };
-          return start(input);
-        }
-        case 'Commit':
-        case 'CancelFailover': {
-          const input: ItemOpInput = { itemId: item.id, accepted: accepted(item), failoverJobId: null };
-          return start(input);
-        }
-        case 'ReverseReplicate': {
-          await planReprotect(store, item, reprotectParams(params));
-          const policy = await store.policies.get(vaultId, params.policy ?? item.policyId);
-          const input: ReprotectInput = {
-            itemId: item.id,
-            location: params.location ?? 'original',
-            host: params.host ?? null,
-            datastore: params.datastore ?? null,
-            policyId: policy.id,
-            accepted: accepted(item),
-          };
-          return start(input, { initialReplicationProgress: 0 });
+      // The claim is a compare-and-set on the item's version; a status report landing in
+      // between bumps it, so read again and decide again.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await operateOnce(vaultId, itemKey, op, params);
+        } catch (err) {
+          if (!isStaleVersion(err) || attempt >= 5) throw err;
         }
       }
     },
@@ -660,6 +678,17 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
       await applyReplicationStatus(store, clock, agentId, report, stats);
     },
   };
+}
+
+/** The store's refusal of a compare-and-set on a changed item (not a lifecycle refusal). */
+function isStaleVersion(err: unknown): boolean {
+  return (
+    err instanceof OsrError &&
+    err.code === 'OPERATION_NOT_ALLOWED' &&
+    typeof err.details === 'object' &&
+    err.details !== null &&
+    'expectedVersion' in err.details
+  );
 }
 
 function reprotectParams(params: OperationParams): {
