@@ -271,6 +271,22 @@ async function releaseOnFailure(deps: WorkflowDeps, op: Operation, job: Job): Pr
   const input = job.input as { itemId: string; accepted: TransitionItem };
   const outcome = failureOutcome(op, job);
   const patch: Partial<ProtectedItem> = { ...stateOnFailure(op, input.accepted, outcome) };
+  const stopped = job.steps.find((st) => st.name === STEP.stopReplication);
+  const stopOutput = stopped?.output as { skipped?: boolean } | undefined;
+  if (
+    op === 'UnplannedFailover' &&
+    patch.protectionState === 'Protected' &&
+    stopped?.state === 'Succeeded' &&
+    stopOutput?.skipped !== true
+  ) {
+    // Replication was stopped (R-FO-5): the item may fail over again, but not plan one.
+    Object.assign(patch, {
+      resyncRequired: true,
+      replicationHealth: 'Critical',
+      healthReason:
+        'a failed unplanned failover stopped replication: retry the failover, or disable protection and protect the machine again',
+    } satisfies Partial<ProtectedItem>);
+  }
   if (patch.protectionState === 'NeedsRepair') {
     Object.assign(
       patch,

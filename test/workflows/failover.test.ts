@@ -312,7 +312,14 @@ for (const dialect of dialects()) {
         assert.equal(failed.state, 'Failed');
         assert.equal(failed.error?.seedCode, 8038);
         assert.ok(failed.error?.recommendedAction);
-        assert.equal((await env.store.items.get(env.vaultId, 'web')).protectionState, 'Protected');
+        const afterFailure = await env.store.items.get(env.vaultId, 'web');
+        assert.equal(afterFailure.protectionState, 'Protected');
+        assert.equal(afterFailure.resyncRequired, true, 'replication was stopped');
+        assert.deepEqual((await env.workflows.describeItem(env.vaultId, 'web')).allowedOperations, [
+          'TestFailover',
+          'UnplannedFailover',
+          'DisableProtection',
+        ]);
         env.script = () => undefined;
         env.seen.length = 0;
         const retry = await run(env, 'UnplannedFailover', { point: 'latest-processed' });
