@@ -252,6 +252,8 @@ interface ReplicaRecord {
   policy: DataPolicy;
   peerCertificatePem: string | null;
   preparedAt: string;
+  /** False once a failover stopped applying received batches (R-FO-5); absent = applying. */
+  receiving?: boolean;
 }
 
 interface ReplicaEntry {
@@ -389,8 +391,50 @@ export class DataPlaneReplicationService implements ReplicationService {
       disks: record.disks,
       processorIdleMs: 50,
     });
-    store.startProcessor();
+    if (record.receiving !== false) store.startProcessor();
     return { record, store, reported: new Set(), seed: undefined };
+  }
+
+  /**
+   * Recovery side: stops (`false`) or resumes (`true`) applying received batches to the item's replica — a
+   * failover stops replication (R-FO-5), its cancel resumes it. Kept across restarts. NOT_FOUND without a replica.
+   */
+  setReceiving(itemId: string, on: boolean): Promise<void> {
+    const id = checkItemId(itemId);
+    return this.#locked(id, async () => {
+      const e = this.#replicas.get(id);
+      if (e === undefined) throw new OsrError('NOT_FOUND', `item '${id}' has no replica on this site`);
+      if ((e.record.receiving !== false) === on) return;
+      if (on) e.store.startProcessor();
+      else await e.store.stopProcessor();
+      e.record = { ...e.record, receiving: on };
+      await writeJson(join(this.#replicaDir(id), 'replica.json'), e.record);
+    });
+  }
+
+  /**
+   * Source side (planned failover, R-FO-9): waits until the recovery site acknowledged every write journaled so
+   * far and resolves with that last sequence. REPLICATION_UNHEALTHY after `timeoutMs`; NOT_FOUND when the item
+   * does not replicate from here.
+   */
+  async drain(itemId: string, timeoutMs: number): Promise<{ lastSequence: number }> {
+    const id = checkItemId(itemId);
+    const g = this.#sources.get(id);
+    if (g === undefined) throw new OsrError('NOT_FOUND', `item '${id}' does not replicate from this site`);
+    await g.journal.flush();
+    const last = g.journal.lastSeq;
+    const sender = g.sender;
+    try {
+      if (sender === undefined) throw new Error('the sender is not running');
+      await sender.waitForAck(last, AbortSignal.timeout(timeoutMs));
+    } catch (err) {
+      throw new OsrError(
+        'REPLICATION_UNHEALTHY',
+        `the recovery site did not acknowledge sequence ${last} within ${timeoutMs} ms`,
+        { details: { itemId: id, lastSequence: last, ackedSeq: sender?.ackedSeq ?? null }, cause: err },
+      );
+    }
+    return { lastSequence: last };
   }
 
   /** The journal hook of a disk of a replicating item, or null (LocalFabric's `diskObserver`). */
@@ -425,7 +469,7 @@ export class DataPlaneReplicationService implements ReplicationService {
 
   // ---- recovery side ----------------------------------------------------------------------------
 
-  prepareReplica(p: ReplicaPreparePayload): Promise<unknown> {
+  async prepareReplica(p: ReplicaPreparePayload): Promise<unknown> {
     const itemId = checkItemId(p.itemId);
     return this.#locked(itemId, async () => {
       const disks = checkDisks(p.disks, 'replica.prepare');
@@ -469,7 +513,7 @@ export class DataPlaneReplicationService implements ReplicationService {
     };
   }
 
-  deleteReplica(p: { itemId: string }): Promise<unknown> {
+  async deleteReplica(p: { itemId: string }): Promise<unknown> {
     const itemId = checkItemId(p.itemId);
     return this.#locked(itemId, async () => {
       const dir = this.#replicaDir(itemId);
@@ -552,7 +596,7 @@ export class DataPlaneReplicationService implements ReplicationService {
 
   // ---- source side ------------------------------------------------------------------------------
 
-  startReplication(p: ReplicationStartPayload): Promise<unknown> {
+  async startReplication(p: ReplicationStartPayload): Promise<unknown> {
     const itemId = checkItemId(p.itemId);
     return this.#locked(itemId, async () => {
       const fabric = this.#fabricOrThrow();
@@ -638,7 +682,7 @@ export class DataPlaneReplicationService implements ReplicationService {
     };
   }
 
-  stopReplication(p: { itemId: string }): Promise<unknown> {
+  async stopReplication(p: { itemId: string }): Promise<unknown> {
     const itemId = checkItemId(p.itemId);
     return this.#locked(itemId, async () => {
       const g = this.#sources.get(itemId);
