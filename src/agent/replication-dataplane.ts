@@ -967,10 +967,11 @@ export class DataPlaneReplicationService implements ReplicationService {
       } catch {
         continue;
       }
-      const fresh = e.store
-        .points()
-        .filter((p) => !p.pending && !e.reported.has(p.id))
-        .slice(-200);
+      const all = e.store.points().filter((p) => !p.pending);
+      // Forget points retention dropped, so the memory of what was sent stays as small as the history.
+      const kept = new Set(all.map((p) => p.id));
+      for (const id of e.reported) if (!kept.has(id)) e.reported.delete(id);
+      const fresh = all.filter((p) => !e.reported.has(p.id)).slice(-200);
       const item = items.get(e.record.itemId) ?? { itemId: e.record.itemId };
       item.backlogBytes = status.pendingBytes;
       if (fresh.length > 0) {
