@@ -13,7 +13,8 @@
  * (d) view read throughput with about an hour of 5-minute points vs the base (`view-read.js`) — target >= 0.5x.
  *
  * `npm run bench:replication` (after `npm run build`). Options: `--churn-s 20`, `--copy-gib 2`, `--skip a,b,c,d`,
- * `--compress off` (the initial copy's batches travel uncompressed).
+ * `--compress off` (the initial copy's batches travel uncompressed), `--profile FILE` (CPU profile of the timed
+ * part of (b), for `chrome://inspect` or any `.cpuprofile` viewer).
  * Needs fio, nbdcopy and nbdkit on PATH.
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -22,6 +23,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import { join } from 'node:path';
+import { Session } from 'node:inspector/promises';
 import { fileURLToPath } from 'node:url';
 import { runInitialCopy } from '../../src/dataplane/resync/initial-copy.js';
 import { runResync } from '../../src/dataplane/resync/resync.js';
@@ -39,6 +41,23 @@ function arg(name: string, def: string): string {
 const skip = new Set(arg('skip', '').split(','));
 const churnSecs = Number(arg('churn-s', '20'));
 const copyBytes = Number(arg('copy-gib', '2')) * GiB;
+const profileTo = arg('profile', '');
+
+/** With `--profile FILE`, a CPU profile of `body` only (the timed part of a figure) is written to FILE. */
+async function profiled<T>(body: () => Promise<T>): Promise<T> {
+  if (!profileTo) return body();
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  try {
+    return await body();
+  } finally {
+    const { profile } = await session.post('Profiler.stop');
+    fs.writeFileSync(profileTo, JSON.stringify(profile));
+    session.disconnect();
+  }
+}
 
 const root = fs.mkdtempSync(join(os.tmpdir(), 'osr-bench-repl-'));
 const identities = { source: makeIdentity(root, 'source'), recovery: makeIdentity(root, 'recovery') };
@@ -209,14 +228,17 @@ async function initialCopy(): Promise<void> {
   });
   dropCaches();
   const t1 = performance.now();
-  const result = await runInitialCopy({
-    journal: p.journal,
-    disks: [{ id: 'os', backend: p.disks.get('os')! }],
+  let ackSecs = 0;
+  await profiled(async () => {
+    const result = await runInitialCopy({
+      journal: p.journal,
+      disks: [{ id: 'os', backend: p.disks.get('os')! }],
+    });
+    await p.sender.waitForAck(result.lastSeq);
+    ackSecs = (performance.now() - t1) / 1000;
+    await p.store.process();
+    await p.store.openBase('os').flush();
   });
-  await p.sender.waitForAck(result.lastSeq);
-  const ackSecs = (performance.now() - t1) / 1000;
-  await p.store.process();
-  await p.store.openBase('os').flush();
   const oursSecs = (performance.now() - t1) / 1000;
   await p.close();
   fs.rmSync(dir, { recursive: true, force: true });

@@ -193,8 +193,9 @@ describe('replica store faults', () => {
 
   test('a flipped bit in the middle of the pending log is refused; a torn tail is dropped', async () => {
     const storeDir = path.join(dir(), 'replica');
+    // The pending log is what is under test: no direct apply before the first point.
     const gen = new ChangeGenerator({ disks: DISKS, seed: 5, markerRate: 0 });
-    const store = await ReplicaStore.open(storeDir, { disks: DISKS });
+    const store = await ReplicaStore.open(storeDir, { disks: DISKS, directApply: false });
     const changes = gen.next(20);
     await store.receive(changes.slice(0, 10));
     await store.receive(changes.slice(10));
@@ -206,7 +207,7 @@ describe('replica store faults', () => {
 
     // Torn tail: the last batch half written (never acknowledged).
     fs.writeFileSync(file, good.subarray(0, good.length - 100));
-    let again = await ReplicaStore.open(storeDir, { disks: DISKS });
+    let again = await ReplicaStore.open(storeDir, { disks: DISKS, directApply: false });
     assert.equal(again.lastReceivedSeq(), 19);
     await again.close();
 
@@ -215,11 +216,11 @@ describe('replica store faults', () => {
     bad[Math.floor(bad.length / 3)]! ^= 0x10;
     fs.writeFileSync(file, bad);
     await assert.rejects(
-      ReplicaStore.open(storeDir, { disks: DISKS }),
+      ReplicaStore.open(storeDir, { disks: DISKS, directApply: false }),
       (e) => e instanceof ReplicaError && e.code === 'REPLICA_CORRUPT',
     );
     fs.writeFileSync(file, good);
-    again = await ReplicaStore.open(storeDir, { disks: DISKS });
+    again = await ReplicaStore.open(storeDir, { disks: DISKS, directApply: false });
     assert.equal(again.lastReceivedSeq(), 20);
     await again.close();
   });

@@ -167,6 +167,15 @@ export class PendingLog {
     this.lastSeq = seg.lastSeq;
   }
 
+  /**
+   * Records that everything up to `seq` was received and applied without passing through the log (the store's
+   * direct apply before the first point). Only valid when nothing is pending.
+   */
+  skipTo(seq: number): void {
+    if (this.entries.length > 0) throw new Error('pending changes would be skipped');
+    if (seq > this.lastSeq) this.lastSeq = seq;
+  }
+
   /** Reads up to `maxCount` pending changes (stopping early past `maxBytes`) with seq <= `uptoSeq`. */
   async read(uptoSeq: number, maxCount: number, maxBytes: number): Promise<Change[]> {
     const out: Change[] = [];

@@ -12,7 +12,13 @@ import { ReplicaError } from './errors.js';
 import { Mutex } from './fs-util.js';
 import { Overlay, type OverlayOptions } from './overlay.js';
 import { PendingLog } from './pending-log.js';
-import { readState, writeState, type CommitIntent, type ReplicaState } from './state-file.js';
+import {
+  readState,
+  writeState,
+  writeStateAsync,
+  type CommitIntent,
+  type ReplicaState,
+} from './state-file.js';
 import { UndoLog, type RecoveryPointInfo, type UndoInput } from './undo-log.js';
 import { ReplicaView } from './view.js';
 
@@ -34,6 +40,11 @@ export interface ReplicaStoreOptions {
   readonly undoSegmentBytes?: number;
   /** Old bytes of one change are saved in records of at most this size. Default 1 MiB. */
   readonly undoChunkBytes?: number;
+  /**
+   * Write batches straight into the base while the replica has no recovery point yet and nothing is pending
+   * (initial replication: there is nothing to undo to). Default true.
+   */
+  readonly directApply?: boolean;
   /** Idle wait of the background processor between checks when nothing is pending. Default 200 ms. */
   readonly processorIdleMs?: number;
   /** Status health: Warning when the newest point is older than this (ms). Default 15 min. */
@@ -71,6 +82,8 @@ export interface ReplicaStatus {
   /** Source time of the last applied change (ms), when there is one. */
   readonly lastProcessedTime?: number;
   readonly processorRunning: boolean;
+  /** Batches written straight into the base before the first point (initial replication, `directApply`). */
+  readonly directBatches: number;
   /** Inside a resync (between a processed `begin` and its `end`): no point can be cut. */
   readonly resyncing: boolean;
   /** Set once a failover was committed on this store. */
@@ -117,6 +130,7 @@ export class ReplicaStore implements ChangeSink {
   private processor: { stop: AbortController; done: Promise<void>; wake: () => void } | undefined;
   private processorError: Error | undefined;
   private closed = false;
+  private directBatches = 0;
 
   private constructor(
     dir: string,
@@ -134,6 +148,7 @@ export class ReplicaStore implements ChangeSink {
       pendingSegmentBytes: options.pendingSegmentBytes ?? 64 * 1024 * 1024,
       undoSegmentBytes: options.undoSegmentBytes ?? 64 * 1024 * 1024,
       undoChunkBytes: options.undoChunkBytes ?? 1024 * 1024,
+      directApply: options.directApply ?? true,
       processorIdleMs: options.processorIdleMs ?? 200,
       rpoWarningMs: options.rpoWarningMs ?? 15 * 60_000,
       rpoCriticalMs: options.rpoCriticalMs ?? 30 * 60_000,
@@ -238,8 +253,71 @@ export class ReplicaStore implements ChangeSink {
         fresh.push(c);
         expect++;
       }
+      if (fresh.length === 0) return;
+      if (this.opts.directApply && (await this.applyDirect(fresh))) return;
       await this.pending.append(fresh);
-      if (fresh.length > 0) this.processor?.wake();
+      this.processor?.wake();
+    });
+  }
+
+  /**
+   * Before the first recovery point (initial replication) nothing can ever be rolled back to, so a batch that
+   * finds nothing pending is written straight into the base: no pending record, no undo record, one base
+   * `fdatasync` and one state write per batch, all before `receive` resolves (the acknowledgement still means
+   * durable). Markers go the usual way and end this for good: from the first point on every change is undoable.
+   * A crash between the base writes and the state write replays the batch from the sender (the state still names
+   * the older seq): writes replayed in order over a base holding some of them end in the same bytes. Returns
+   * false, touching nothing, when the batch must go through the pending log.
+   */
+  private applyDirect(changes: readonly Change[]): Promise<boolean> {
+    if (changes.some((c) => c.kind === 'marker')) return Promise.resolve(false);
+    return this.processLock.run(async () => {
+      this.assertOpen();
+      if (
+        this.state.committed ||
+        this.undo.points().length > 0 ||
+        this.undo.lastChangeSeq() > 0 ||
+        this.appliedInMemory !== this.pending.lastReceivedSeq() ||
+        this.pending.pending().length > 0
+      ) {
+        return false;
+      }
+      let resyncSeq = this.state.resyncSeq;
+      const touched = new Set<FileBackend>();
+      let lastTime: number | undefined;
+      for (const c of changes) {
+        if (c.kind === 'resync') {
+          resyncSeq = c.phase === 'begin' ? c.seq : undefined;
+          continue;
+        }
+        if (c.kind === 'marker') continue;
+        const disk = this.disks.get(c.diskId)!;
+        if (c.kind === 'write') {
+          if (c.data.length > 0) await disk.base.write(c.offset, c.data);
+        } else if (c.length > 0) {
+          await disk.base.writeZeroes(c.offset, c.length);
+        }
+        touched.add(disk.base);
+        lastTime = c.time;
+      }
+      for (const b of touched) await b.flush();
+      const last = changes[changes.length - 1]!.seq;
+      const { resyncSeq: _old, ...rest } = this.state;
+      const next: ReplicaState = {
+        ...rest,
+        ...(resyncSeq === undefined ? {} : { resyncSeq }),
+        appliedSeq: last,
+        undoEnd: this.undo.end(),
+      };
+      // Nothing changes in memory unless the state is durable: a failed write leaves the batch to be resent.
+      await writeStateAsync(path.join(this.dir, STATE_FILE), next);
+      this.state = next;
+      this.appliedInMemory = last;
+      if (lastTime !== undefined) this.lastAppliedTime = lastTime;
+      this.undo.applied(last);
+      this.pending.skipTo(last);
+      this.directBatches++;
+      return true;
     });
   }
 
@@ -568,6 +646,7 @@ export class ReplicaStore implements ChangeSink {
       ...(app ? { newestAppConsistentPoint: app } : {}),
       ...(this.lastAppliedTime !== undefined ? { lastProcessedTime: this.lastAppliedTime } : {}),
       processorRunning: this.processor !== undefined,
+      directBatches: this.directBatches,
       resyncing: this.state.resyncSeq !== undefined,
       ...(this.state.committed
         ? { committed: { pointId: this.state.committed.pointId, time: this.state.committed.time } }

@@ -44,13 +44,7 @@ export interface ReplicaState {
  * old state or the new one, never a mix.
  */
 export function writeState(file: string, state: ReplicaState): void {
-  const body = Buffer.from(JSON.stringify(state), 'utf8');
-  const out = Buffer.alloc(HEADER + body.length);
-  MAGIC.copy(out, 0);
-  out.writeUInt32BE(VERSION, 8);
-  out.writeUInt32BE(body.length, 12);
-  out.writeUInt32BE(crc32(body), 16);
-  body.copy(out, HEADER);
+  const out = encodeState(state);
   const tmp = `${file}.tmp`;
   const fd = fs.openSync(tmp, 'w');
   try {
@@ -61,6 +55,40 @@ export function writeState(file: string, state: ReplicaState): void {
   }
   fs.renameSync(tmp, file);
   fsyncDir(path.dirname(file));
+}
+
+/**
+ * `writeState` off the event loop (the fsyncs run in the thread pool), with the same guarantees. The caller must
+ * not start another state write before it resolves (the store holds its processing lock).
+ */
+export async function writeStateAsync(file: string, state: ReplicaState): Promise<void> {
+  const out = encodeState(state);
+  const tmp = `${file}.tmp`;
+  const h = await fs.promises.open(tmp, 'w');
+  try {
+    await h.writeFile(out);
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+  await fs.promises.rename(tmp, file);
+  const d = await fs.promises.open(path.dirname(file), 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
+function encodeState(state: ReplicaState): Buffer {
+  const body = Buffer.from(JSON.stringify(state), 'utf8');
+  const out = Buffer.alloc(HEADER + body.length);
+  MAGIC.copy(out, 0);
+  out.writeUInt32BE(VERSION, 8);
+  out.writeUInt32BE(body.length, 12);
+  out.writeUInt32BE(crc32(body), 16);
+  body.copy(out, HEADER);
+  return out;
 }
 
 /** Reads the state file, or `undefined` when there is none; garbage throws `REPLICA_CORRUPT`. */

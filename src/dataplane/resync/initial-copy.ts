@@ -1,5 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import type { WriteJournal } from '../journal/journal.js';
+import type { JournalSlot, WriteJournal } from '../journal/journal.js';
 import type { ObservedBackend } from '../nbd/observed-backend.js';
 import type { OfflineSeedWriter } from './offline-seed.js';
 
@@ -15,6 +15,8 @@ export interface InitialCopyOptions {
   readonly disks: readonly CopyDisk[];
   /** Bytes per copied block. Default 1 MiB. */
   readonly chunkBytes?: number;
+  /** Blocks read and stored at once (reads overlap journal writes). Default 4; always 1 offline. */
+  readonly depth?: number;
   /**
    * The copy pauses while the journal holds more than this many bytes (the link drains it), so a copy never
    * pushes the journal into overflow. Default a quarter of the journal's cap, at most 256 MiB.
@@ -81,29 +83,62 @@ export async function runInitialCopy(options: InitialCopyOptions): Promise<CopyR
     copiedBytes,
     percent: totalBytes === 0 ? 100 : Math.min(100, (copiedBytes / totalBytes) * 100),
   });
-  for (const step of plan) {
-    signal?.throwIfAborted();
-    if (!options.offline && journal.storedBytes > maxJournal) await journalBelow(journal, maxJournal, signal);
-    // Same tick: the seq and the read's place in the application queue must match.
-    const slot = journal.reserve(step.disk.id, step.offset, step.length);
-    const read = step.disk.backend.readInOrder(step.offset, step.length);
-    let data: Buffer;
+  // Up to `depth` blocks are read and stored at once (the journal writes them in seq order whatever order the
+  // reads finish in), so reading the image overlaps writing the journal.
+  // The seed file takes its records in seq order: an offline copy goes one block at a time.
+  const depth = options.offline ? 1 : Math.max(1, options.depth ?? 4);
+  const inFlight = new Set<Promise<void>>();
+  let failure: Error | undefined;
+  const copyOne = async (
+    slot: JournalSlot,
+    read: Promise<Buffer>,
+    step: (typeof plan)[number],
+  ): Promise<void> => {
+    let filled = false;
     try {
-      data = await read;
+      const data = await read;
+      if (options.offline) {
+        options.offline.add(slot.seq, Date.now(), step.disk.id, step.offset, data);
+        filled = true;
+        await slot.fillOffline();
+      } else {
+        filled = true;
+        await slot.fill(data);
+      }
     } catch (err) {
-      await slot.cancel();
+      // A reserved seq must always be filled: every later record waits behind it.
+      if (!filled) await slot.cancel();
       throw err;
     }
-    if (options.offline) {
-      options.offline.add(slot.seq, Date.now(), step.disk.id, step.offset, data);
-      await slot.fillOffline();
-    } else {
-      await slot.fill(data);
-    }
-    lastSeq = slot.seq;
+    lastSeq = Math.max(lastSeq, slot.seq);
     copiedBytes += step.length;
     options.onProgress?.(progress());
+  };
+  try {
+    for (const step of plan) {
+      if (failure !== undefined) break;
+      signal?.throwIfAborted();
+      while (inFlight.size >= depth) await Promise.race(inFlight);
+      if (failure !== undefined) break;
+      if (!options.offline && journal.storedBytes > maxJournal)
+        await journalBelow(journal, maxJournal, signal);
+      // Same tick: the seq and the read's place in the application queue must match.
+      const slot = journal.reserve(step.disk.id, step.offset, step.length);
+      const read = step.disk.backend.readInOrder(step.offset, step.length);
+      const p: Promise<void> = copyOne(slot, read, step).then(
+        () => void inFlight.delete(p),
+        (err: unknown) => {
+          failure ??= err instanceof Error ? err : new Error(String(err));
+          inFlight.delete(p);
+        },
+      );
+      inFlight.add(p);
+    }
+  } finally {
+    // Every reserved seq is filled or cancelled before the copy returns or throws: the stream has no holes.
+    await Promise.all(inFlight);
   }
+  if (failure !== undefined) throw failure;
   // The copy is only complete once its records cannot vanish in a crash.
   await journal.flush();
   return { ...progress(), lastSeq, blocks: plan.length };

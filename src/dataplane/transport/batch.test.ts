@@ -104,3 +104,39 @@ test('the token bucket holds the rate in force and lets everything through when 
   for (let i = 0; i < 100; i++) await bucket.take(1_000_000);
   assert.ok(Date.now() - t1 < 50);
 });
+
+test('a batch of incompressible data is sent uncompressed; a compressible one still compressed', async () => {
+  const rnd = mulberry32(8);
+  const random: JournalEntry[] = [];
+  const text: JournalEntry[] = [];
+  for (let i = 0; i < 8; i++) {
+    random.push({
+      kind: 'write',
+      seq: i + 1,
+      time: 1,
+      diskId: 'd',
+      offset: i * 65536,
+      data: randomBytes(rnd, 65536),
+    });
+    text.push({
+      kind: 'write',
+      seq: i + 1,
+      time: 1,
+      diskId: 'd',
+      offset: i * 65536,
+      data: randomBytes(rnd, 65536, true),
+    });
+  }
+  const r = await encodeBatch(random, true);
+  assert.equal(r.flags, 0, 'random data is not compressed');
+  assert.ok(r.payload.length >= r.rawBytes - 64, 'and not expanded either');
+  assert.deepEqual(await decodeBatch(r.payload, r.flags), random);
+  const t = await encodeBatch(text, true);
+  assert.notEqual(t.flags, 0, 'compressible data is compressed');
+  assert.ok(t.payload.length < t.rawBytes / 2);
+  assert.deepEqual(await decodeBatch(t.payload, t.flags), text);
+  // Random data with a compressible stretch in the middle is sampled there too.
+  const mixed = [...random.slice(0, 3), ...text.slice(3, 6).map((e) => e), ...random.slice(6)];
+  const m = await encodeBatch(mixed, true);
+  assert.notEqual(m.flags, 0, 'a batch whose samples compress is compressed');
+});

@@ -37,7 +37,8 @@ export interface EncodedBatch {
  * - marker (3): u8 0 crash | 1 app, u16 id length, point id;
  * - resync bracket (5): u8 0 begin | 1 end.
  * A write that is all zero blocks is sent as a zero change. With `compress` the body is brotli quality 1 and
- * the payload is u32 raw length + the brotli stream.
+ * the payload is u32 raw length + the brotli stream — unless samples of the body show it does not compress
+ * (`worthCompressing`): then it is sent as it is (flags 0), which the receiver handles like any uncompressed batch.
  */
 export async function encodeBatch(
   entries: readonly JournalEntry[],
@@ -113,7 +114,7 @@ export async function encodeBatch(
     }
   }
   const body = Buffer.concat(parts);
-  if (!compress) return { payload: body, flags: 0, rawBytes, zeroBytes };
+  if (!compress || !worthCompressing(body)) return { payload: body, flags: 0, rawBytes, zeroBytes };
   const packed = await brotliCompress(body, {
     params: {
       [zlib.constants.BROTLI_PARAM_QUALITY]: 1,
@@ -123,6 +124,37 @@ export async function encodeBatch(
   const len = Buffer.allocUnsafe(4);
   len.writeUInt32LE(body.length, 0);
   return { payload: Buffer.concat([len, packed]), flags: FLAG_BROTLI, rawBytes, zeroBytes };
+}
+
+/** Bytes of each sample `worthCompressing` compresses. */
+const PROBE_SAMPLE = 16 * 1024;
+/** Samples per batch. */
+const PROBE_SAMPLES = 4;
+/** A batch is sent uncompressed when its samples do not shrink below this fraction. */
+const PROBE_MAX_RATIO = 0.9;
+
+/**
+ * Whether brotli is worth running on `body`: a few samples spread over it are compressed (quality 1, synchronous,
+ * about 1 ms in all); when they do not shrink by at least 10 % the batch is sent as it is. Encrypted, already
+ * compressed or random data (an initial copy of such a disk) then costs no compression time on either side.
+ * Small bodies are always compressed.
+ */
+export function worthCompressing(body: Buffer): boolean {
+  if (body.length <= PROBE_SAMPLE * PROBE_SAMPLES) return true;
+  let sampled = 0;
+  let packed = 0;
+  for (let i = 0; i < PROBE_SAMPLES; i++) {
+    const at = Math.floor(((body.length - PROBE_SAMPLE) * i) / (PROBE_SAMPLES - 1));
+    const sample = body.subarray(at, at + PROBE_SAMPLE);
+    sampled += sample.length;
+    packed += zlib.brotliCompressSync(sample, {
+      params: {
+        [zlib.constants.BROTLI_PARAM_QUALITY]: 1,
+        [zlib.constants.BROTLI_PARAM_SIZE_HINT]: sample.length,
+      },
+    }).length;
+  }
+  return packed < sampled * PROBE_MAX_RATIO;
 }
 
 /**
@@ -209,6 +241,13 @@ function parseBody(body: Buffer): JournalEntry[] {
         total += len;
       }
       if (total !== length) throw new FrameError('malformed batch: write runs do not add up');
+      if (runs.length === 1 && !runs[0]!.zero) {
+        // All data (the usual case): a view into the body, no copy.
+        if (at + length > body.length) throw new FrameError('malformed batch: write data past the end');
+        out.push({ kind: 'write', seq, time, diskId, offset, data: body.subarray(at, at + length) });
+        at += length;
+        continue;
+      }
       // Zero-filled, so zero runs need no copy.
       const data = Buffer.alloc(length);
       let pos = 0;
