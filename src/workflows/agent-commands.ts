@@ -52,6 +52,19 @@ export type LifecycleCommandType =
   | 'replication.drain'
   | 'replication.reverse';
 
+/** The lifecycle command types, for an agent to list what it implements. */
+export const LIFECYCLE_COMMAND_TYPES: readonly LifecycleCommandType[] = [
+  'replica.point',
+  'replica.expose',
+  'replica.swapPoint',
+  'replica.commit',
+  'replica.release',
+  'replica.snapshot',
+  'replica.revert',
+  'replication.drain',
+  'replication.reverse',
+];
+
 /** Every command type the control plane sends. */
 export type ControlPlaneCommandType = AgentCommandType | LifecycleCommandType;
 
