@@ -25,6 +25,12 @@ export interface BlockBackend {
   readonly size: number;
   /** True when the backend refuses mutations; the server then advertises a read-only export. */
   readonly readOnly: boolean;
+  /**
+   * Optional promise that `write()` never keeps `data` once its promise has settled (it copied the bytes to
+   * storage). The server then reuses the buffer for a later request's payload; leave it unset when the bytes
+   * are kept (a journal, a cache).
+   */
+  readonly releasesWriteData?: boolean;
 
   /**
    * Reads `length` bytes at `offset`. When `into` is given (exactly `length` bytes) the data is written there and

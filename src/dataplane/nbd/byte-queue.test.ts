@@ -27,3 +27,15 @@ test('take within one chunk does not copy; across chunks copies once', () => {
   assert.equal(q.take(4).toString(), 'efgh');
   assert.throws(() => q.take(3), RangeError);
 });
+
+test('takeInto copies the next bytes across chunks into a target at an offset', () => {
+  const q = new ByteQueue();
+  q.push(Buffer.from('abc'));
+  q.push(Buffer.from('defgh'));
+  const target = Buffer.alloc(10, '.');
+  q.takeInto(target, 2, 5);
+  assert.equal(target.toString(), '..abcde...');
+  assert.equal(q.length, 3);
+  assert.equal(q.take(3).toString(), 'fgh');
+  assert.throws(() => q.takeInto(target, 0, 1), RangeError);
+});

@@ -55,6 +55,8 @@ const SCAN_CHUNK = 4 * 1024 * 1024;
 export class FileBackend implements BlockBackend {
   readonly size: number;
   readonly readOnly: boolean;
+  /** `write()` copies into the image before it settles and keeps no reference to the data. */
+  readonly releasesWriteData = true;
   /** The image path. */
   readonly path: string;
   /** How the map was obtained at open. */

@@ -13,13 +13,22 @@ const BASE_ALLOCATION_ID = 1;
 /** Largest number of extents sent in one BLOCK_STATUS chunk (spec suggests at most 2^20). */
 const MAX_EXTENTS = 128 * 1024;
 /** Receive slab of the direct path, and the least room a read gets before a new slab is taken. */
+const REPLY_FLUSH_IMMEDIATE = process.env.OSR_NBD_REPLY_FLUSH !== 'tick';
 const SLAB_SIZE = 256 * 1024;
+/** READ replies up to this size are cut from a per-connection slab. */
+const REPLY_SLAB_MAX = 64 * 1024 + 64;
+/** Spare payload buffers kept per connection: only large ones, at most this many and this many bytes. */
+const SPARE_MIN = 64 * 1024;
+const SPARE_MAX_COUNT = 8;
+const SPARE_MAX_BYTES = 16 * 1024 * 1024;
 const SLAB_MIN_READ = 32 * 1024;
 /** Zero padding of the EXPORT_NAME reply when NO_ZEROES was not negotiated. */
 const EXPORT_NAME_PADDING = Buffer.alloc(124);
 
 interface Request extends P.NbdRequestHeader {
   readonly payload?: Buffer;
+  /** The payload is a buffer of its own (not a view of a receive slab), so it may be reused once released. */
+  readonly ownPayload?: boolean;
 }
 
 /**
@@ -123,6 +132,49 @@ export class NbdConnection {
     this.phase = 'closed';
     this.queue.clear();
     this.socket.destroy();
+  }
+
+  /** Payload buffers the backend has released (`releasesWriteData`), for reuse by later WRITEs. */
+  private readonly spare: Buffer[] = [];
+  private spareBytes = 0;
+
+  /**
+   * A buffer for a WRITE payload received in several reads. Reusing one whose bytes were just copied to the
+   * image saves the allocation, its page faults and garbage collection for every large write.
+   */
+  private payloadBuffer(length: number): Buffer {
+    for (let i = this.spare.length - 1; i >= 0; i--) {
+      const b = this.spare[i]!;
+      if (b.length === length) {
+        this.spare.splice(i, 1);
+        this.spareBytes -= length;
+        return b;
+      }
+    }
+    return Buffer.allocUnsafe(length);
+  }
+
+  private releasePayload(b: Buffer): void {
+    if (b.length < SPARE_MIN || this.spareBytes + b.length > SPARE_MAX_BYTES || this.phase === 'closed')
+      return;
+    if (this.spare.length >= SPARE_MAX_COUNT) this.spareBytes -= this.spare.shift()!.length;
+    this.spare.push(b);
+    this.spareBytes += b.length;
+  }
+
+  /** Slab that small READ replies are cut from (one allocation for many replies; never rewritten). */
+  private replySlab: Buffer | undefined;
+  private replySlabPos = 0;
+
+  private replyBuffer(n: number): Buffer {
+    if (n > REPLY_SLAB_MAX) return this.payloadBuffer(n);
+    if (!this.replySlab || this.replySlab.length - this.replySlabPos < n) {
+      this.replySlab = Buffer.allocUnsafe(SLAB_SIZE);
+      this.replySlabPos = 0;
+    }
+    const b = this.replySlab.subarray(this.replySlabPos, this.replySlabPos + n);
+    this.replySlabPos += (n + 7) & ~7;
+    return b;
   }
 
   /** True while the plain socket reads through `nextReadBuffer`/`onDirectRead` instead of 'data' events. */
@@ -513,25 +565,27 @@ export class NbdConnection {
       }
     }
     let payload: Buffer | undefined;
+    let ownPayload = false;
     if (h.type === P.NBD_CMD_WRITE) {
       if (this.payload) {
         // Being received straight into its buffer; the queue only fills once it is complete.
         if (this.payloadFilled < this.payload.length) return false;
         payload = this.payload;
+        ownPayload = true;
         this.payload = undefined;
       } else if (this.queue.length >= h.length) {
         payload = this.queue.take(h.length);
       } else {
         // Not all here yet: move what arrived into the payload's own buffer and receive the rest into it.
         this.pendingHeader = h;
-        this.payload = Buffer.allocUnsafe(h.length);
+        this.payload = this.payloadBuffer(h.length);
         this.payloadFilled = this.queue.length;
         this.queue.takeInto(this.payload, 0, this.payloadFilled);
         return false;
       }
     }
     this.pendingHeader = undefined;
-    this.dispatch({ ...h, payload });
+    this.dispatch({ ...h, payload, ownPayload });
     return true;
   }
 
@@ -573,15 +627,26 @@ export class NbdConnection {
     const cost = type === P.NBD_CMD_READ || type === P.NBD_CMD_WRITE ? r.length : 0;
     this.inFlight++;
     this.inFlightBytes += cost;
-    this.execute(r)
-      .catch((err: unknown) => this.replyNow(r, toNbdErrno(err)))
-      .finally(() => {
-        this.inFlight--;
-        this.inFlightBytes -= cost;
-        if (this.draining || this.disconnectRequested) this.finishWhenIdle();
-        else this.maybeResume();
-      })
-      .catch((err: unknown) => this.fail(err instanceof Error ? err : new Error(String(err))));
+    this.execute(r).then(
+      () => this.settled(r, cost),
+      (err: unknown) => {
+        this.replyNow(r, toNbdErrno(err));
+        this.settled(r, cost);
+      },
+    );
+  }
+
+  /** Bookkeeping once a started request has replied. */
+  private settled(r: Request, cost: number): void {
+    try {
+      this.inFlight--;
+      this.inFlightBytes -= cost;
+      if (r.ownPayload && this.exp!.backend.releasesWriteData === true) this.releasePayload(r.payload!);
+      if (this.draining || this.disconnectRequested) this.finishWhenIdle();
+      else this.maybeResume();
+    } catch (err) {
+      this.fail(err instanceof Error ? err : new Error(String(err)));
+    }
   }
 
   private async execute(r: Request): Promise<void> {
@@ -624,7 +689,7 @@ export class NbdConnection {
       }
       // One OFFSET_DATA chunk (so DF always holds), read straight into the reply buffer.
       const head = P.NBD_STRUCTURED_HEADER_SIZE + 8;
-      const b = Buffer.allocUnsafe(head + r.length);
+      const b = this.replyBuffer(head + r.length);
       await backend.read(r.offset, r.length, b.subarray(head));
       P.writeStructuredHeader(
         b,
@@ -635,15 +700,15 @@ export class NbdConnection {
         8 + r.length,
       );
       P.writeU64(b, r.offset, P.NBD_STRUCTURED_HEADER_SIZE);
-      return this.send(b);
+      return this.send(b, b.length > REPLY_SLAB_MAX);
     }
     const head = P.NBD_SIMPLE_REPLY_SIZE;
-    const b = Buffer.allocUnsafe(head + r.length);
+    const b = this.replyBuffer(head + r.length);
     await backend.read(r.offset, r.length, b.subarray(head));
     b.writeUInt32BE(P.NBD_SIMPLE_REPLY_MAGIC, 0);
     b.writeUInt32BE(0, 4);
     r.cookie.copy(b, 8, 0, 8);
-    this.send(b);
+    this.send(b, b.length > REPLY_SLAB_MAX);
   }
 
   private blockStatus(r: Request, extents: Extent[]): void {
@@ -687,18 +752,27 @@ export class NbdConnection {
   }
 
   /**
-   * Queues reply bytes. Replies completed by the same callback (all requests of one received chunk, or one
-   * finished read) leave in one writev: the uncork runs as a next-tick after the current microtask drain, so
-   * batching never holds a reply back for other I/O.
+   * Queues reply bytes. Replies completed in the same turn of the event loop (all requests of one received
+   * chunk, all reads the threadpool finished meanwhile) leave in one writev: the uncork runs in the loop's
+   * check phase, right after the I/O callbacks of this turn (`OSR_NBD_REPLY_FLUSH=tick` flushes after each
+   * callback instead).
    */
-  private send(b: Buffer): void {
+  private send(b: Buffer, reusable = false): void {
     if (this.phase === 'closed') return;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      process.nextTick(this.uncork);
+      if (REPLY_FLUSH_IMMEDIATE) setImmediate(this.uncork);
+      else process.nextTick(this.uncork);
     }
-    this.socket.write(b);
+    // A large reply buffer is ours alone; once the socket has written it, a later READ may reuse it.
+    if (reusable) {
+      this.socket.write(b, (err) => {
+        if (!err) this.releasePayload(b);
+      });
+    } else {
+      this.socket.write(b);
+    }
   }
 
   private maybeResume(): void {

@@ -490,3 +490,98 @@ describe('NbdServer receive paths', () => {
     });
   }
 });
+
+describe('NbdServer payload buffer reuse', () => {
+  test('a payload buffer is reused only after the backend released it, and every write lands intact', async (t) => {
+    const inner = new MemoryBackend(64 * MiB);
+    let overwritten = 0;
+    let reused = 0;
+    const seen = new WeakSet<ArrayBufferLike>();
+    // Declares that it keeps no reference, then checks that nobody touched the buffer while the write was
+    // still in flight (as a file backend would be copying from it).
+    const checking: BlockBackend = Object.assign(Object.create(inner) as MemoryBackend, {
+      releasesWriteData: true,
+      write: async (o: number, d: Buffer) => {
+        if (seen.has(d.buffer)) reused++;
+        seen.add(d.buffer);
+        const copy = Buffer.from(d);
+        await new Promise((r) => setTimeout(r, 1 + (o % 3)));
+        if (!d.equals(copy)) overwritten++;
+        return inner.write(o, copy);
+      },
+    });
+    const server = new NbdServer({ exports: [{ name: 'disk', backend: checking }] });
+    const addr = await server.listen({ host: '127.0.0.1', port: 0 });
+    assert.ok(typeof addr !== 'string');
+    t.after(() => server.close());
+    const c = await connect(t, { port: addr.port, exportName: 'disk' });
+    const writes = Array.from({ length: 48 }, (_, i) => ({ offset: i * MiB, data: crypto.randomBytes(MiB) }));
+    for (let round = 0; round < 3; round++) {
+      await Promise.all(writes.slice(round * 16, round * 16 + 16).map((w) => c.write(w.offset, w.data)));
+    }
+    assert.equal(overwritten, 0, 'a payload buffer was rewritten while its write was in flight');
+    assert.ok(reused > 0, 'payload buffers were never reused');
+    for (const w of writes) assert.ok((await c.read(w.offset, MiB)).equals(w.data), `data at ${w.offset}`);
+  });
+
+  test('a backend that keeps write data (no releasesWriteData) always gets buffers of its own', async (t) => {
+    const inner = new MemoryBackend(64 * MiB);
+    const kept: Array<{ d: Buffer; copy: Buffer }> = [];
+    const keeping: BlockBackend = Object.assign(Object.create(inner) as MemoryBackend, {
+      write: async (o: number, d: Buffer) => {
+        kept.push({ d, copy: Buffer.from(d) });
+        return inner.write(o, d);
+      },
+    });
+    const server = new NbdServer({ exports: [{ name: 'disk', backend: keeping }] });
+    const addr = await server.listen({ host: '127.0.0.1', port: 0 });
+    assert.ok(typeof addr !== 'string');
+    t.after(() => server.close());
+    const c = await connect(t, { port: addr.port, exportName: 'disk' });
+    for (let i = 0; i < 32; i++) await c.write(i * MiB, crypto.randomBytes(MiB));
+    assert.equal(kept.length, 32);
+    assert.ok(
+      kept.every((k) => k.d.equals(k.copy)),
+      'a kept write buffer was reused',
+    );
+  });
+});
+
+describe('NbdServer reply buffer reuse', () => {
+  test('large READ replies queued behind a client that is not reading are never overwritten by later reads', async (t) => {
+    const { port, disk } = await serve(t, { maxInFlight: 4 });
+    const size = MiB + 512;
+    const blocks = Array.from({ length: 40 }, () => crypto.randomBytes(size));
+    for (const [i, b] of blocks.entries()) await disk.write(i * size, b);
+    const p = await RawPeer.open(port);
+    t.after(() => p.destroy());
+    await p.go('disk');
+    p.socket.pause();
+    for (let i = 0; i < blocks.length; i++)
+      p.write(P.encodeRequest(P.NBD_CMD_READ, 0, BigInt(i), i * size, size));
+    await new Promise((r) => setTimeout(r, 300));
+    p.socket.resume();
+    const seen = new Set<number>();
+    for (let n = 0; n < blocks.length; n++) {
+      const h = await p.read(16);
+      assert.equal(h.readUInt32BE(4), 0);
+      const i = Number(h.readBigUInt64BE(8));
+      assert.ok(!seen.has(i), `reply ${i} arrived twice (its buffer was reused while queued)`);
+      seen.add(i);
+      assert.ok((await p.read(size)).equals(blocks[i]!), `reply ${i} was overwritten`);
+    }
+  });
+
+  for (const structured of [true, false]) {
+    test(`large READ replies (${structured ? 'structured' : 'simple'}) reuse buffers only after the socket wrote them`, async (t) => {
+      const { opts, disk } = await serve(t);
+      const blocks = Array.from({ length: 24 }, () => crypto.randomBytes(MiB + 512));
+      for (const [i, b] of blocks.entries()) await disk.write(i * 2 * MiB, b);
+      const c = await connect(t, { ...opts, structuredReplies: structured });
+      for (let round = 0; round < 4; round++) {
+        const got = await Promise.all(blocks.map((_, i) => c.read(i * 2 * MiB, MiB + 512)));
+        got.forEach((g, i) => assert.ok(g.equals(blocks[i]!), `round ${round} block ${i}`));
+      }
+    });
+  }
+});
