@@ -272,6 +272,52 @@ for (const dialect of dialects()) {
       }
     });
 
+    it('per-item settings win at failover (R-NET-5); a Windows machine keeps its static IP (R-RP-10/11)', async () => {
+      const env = await setup({ dialect });
+      try {
+        await protectWeb(env);
+        await env.workflows.updateSettings(env.vaultId, 'web', {
+          targetName: 'web-dr',
+          cpus: 2,
+          memoryMb: 1024,
+          network: 'prod-dr',
+          subnet: 'back',
+          ip: '10.0.1.7',
+        });
+        assert.equal((await run(env, 'UnplannedFailover')).state, 'Succeeded');
+        const create = payloadOf(env, 'machine.create');
+        assert.equal(create['name'], 'web-dr');
+        assert.equal(create['cpus'], 2);
+        assert.equal(create['memoryMb'], 1024);
+        assert.deepEqual(create['nics'], [{ network: 'prod-dr', subnet: 'back', ip: '10.0.1.7' }]);
+        assert.ok(await env.store.machines.find(env.recoverySiteId, 'web-dr'));
+
+        const win = await setup({ dialect });
+        try {
+          const db = await win.store.machines.find(win.primarySiteId, 'web');
+          assert.ok(db);
+          await win.store.machines.update(db.id, { osType: 'windows' });
+          const prod = await win.store.inventory.findNetwork(win.primarySiteId, 'prod');
+          const dr = await win.store.inventory.findNetwork(win.recoverySiteId, 'prod-dr');
+          assert.ok(prod && dr);
+          await win.store.networkMappings.create({
+            vaultId: win.vaultId,
+            sourceNetworkId: prod.id,
+            targetNetworkId: dr.id,
+          });
+          await protectWeb(win);
+          assert.equal((await run(win, 'UnplannedFailover')).state, 'Succeeded');
+          const c = payloadOf(win, 'machine.create');
+          assert.equal(c['guestTools'], 'Disabled');
+          assert.deepEqual(c['nics'], [{ network: 'prod-dr', subnet: 'default', ip: '10.0.0.5' }]);
+        } finally {
+          await win.stop();
+        }
+      } finally {
+        await env.stop();
+      }
+    });
+
     it('unplanned failover continues when the source cannot be shut down (R-FO-3) or its site is gone', async () => {
       const env = await setup({ dialect });
       try {
