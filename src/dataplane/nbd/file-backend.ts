@@ -86,8 +86,7 @@ export class FileBackend implements BlockBackend {
     this.readOnly = options.readOnly ?? false;
     this.mapPath = options.mapPath === undefined ? `${path}.osrmap` : options.mapPath;
     this.syncWriteMax = options.syncWriteMaxBytes ?? Infinity;
-    const envWrites = Number(process.env.OSR_NBD_MAX_CONCURRENT_WRITES);
-    this.maxConcurrentWrites = Math.max(1, options.maxConcurrentWrites ?? (envWrites > 0 ? envWrites : 2));
+    this.maxConcurrentWrites = Math.max(1, options.maxConcurrentWrites ?? 2);
   }
 
   /** Opens an existing image file; its current size is the export size. */

@@ -12,16 +12,23 @@ type Phase = 'client-flags' | 'options' | 'starttls' | 'transmission' | 'closed'
 const BASE_ALLOCATION_ID = 1;
 /** Largest number of extents sent in one BLOCK_STATUS chunk (spec suggests at most 2^20). */
 const MAX_EXTENTS = 128 * 1024;
-/** Receive slab of the direct path, and the least room a read gets before a new slab is taken. */
+/** `OSR_NBD_REPLY_FLUSH=tick` sends replies after each callback instead of once per event-loop turn. */
 const REPLY_FLUSH_IMMEDIATE = process.env.OSR_NBD_REPLY_FLUSH !== 'tick';
-const SLAB_SIZE = 256 * 1024;
-/** READ replies up to this size are cut from a per-connection slab. */
+/**
+ * Receive slab of the direct path, and the least room a read gets before a new slab is taken. Small WRITE
+ * payloads are views of it that a backend may keep (a journal), so it is no larger than the 64 KiB chunks Node
+ * would allocate per read anyway; large payloads are received into buffers of their own.
+ */
+const SLAB_SIZE = 64 * 1024;
+const SLAB_MIN_READ = 8 * 1024;
+/** Slab that small READ replies are cut from; those are only held until the socket has written them. */
+const REPLY_SLAB_SIZE = 256 * 1024;
+/** READ replies up to this size are cut from the reply slab. */
 const REPLY_SLAB_MAX = 64 * 1024 + 64;
-/** Spare payload buffers kept per connection: only large ones, at most this many and this many bytes. */
+/** Spare payload/reply buffers kept per connection: only large ones, at most this many and this many bytes. */
 const SPARE_MIN = 64 * 1024;
 const SPARE_MAX_COUNT = 8;
 const SPARE_MAX_BYTES = 16 * 1024 * 1024;
-const SLAB_MIN_READ = 32 * 1024;
 /** Zero padding of the EXPORT_NAME reply when NO_ZEROES was not negotiated. */
 const EXPORT_NAME_PADDING = Buffer.alloc(124);
 
@@ -169,7 +176,7 @@ export class NbdConnection {
   private replyBuffer(n: number): Buffer {
     if (n > REPLY_SLAB_MAX) return this.payloadBuffer(n);
     if (!this.replySlab || this.replySlab.length - this.replySlabPos < n) {
-      this.replySlab = Buffer.allocUnsafe(SLAB_SIZE);
+      this.replySlab = Buffer.allocUnsafe(REPLY_SLAB_SIZE);
       this.replySlabPos = 0;
     }
     const b = this.replySlab.subarray(this.replySlabPos, this.replySlabPos + n);
