@@ -30,6 +30,7 @@ import {
 import type { AgentTlsIdentity, StoredCredential } from './data-dir.js';
 import { parseProxyUrl } from './http.js';
 import { DataPlaneReplicationService } from './replication-dataplane.js';
+import { LifecycleService } from './lifecycle.js';
 import type { ReplicationService } from './replication.js';
 
 /** The log calls the agent makes (pino's signature). */
@@ -190,6 +191,7 @@ export class SiteAgent {
   readonly #client: ControlPlaneClient;
   readonly #commandLog: CommandLog;
   readonly #executor: CommandExecutor;
+  readonly #lifecycle: LifecycleService | undefined;
   readonly #tls: AgentTlsIdentity;
   readonly #dataAddress: string;
   readonly #stop = new AbortController();
@@ -215,15 +217,20 @@ export class SiteAgent {
     commandLog: CommandLog,
     tls: AgentTlsIdentity,
     dataAddress: string,
+    lifecycle?: LifecycleService,
   ) {
     this.#o = o;
+    this.#lifecycle = lifecycle;
     this.#log = o.log ?? silent;
     this.#client = client;
     this.#credential = credential;
     this.fabric = fabric;
     this.replication = replication;
     this.#commandLog = commandLog;
-    this.#executor = new CommandExecutor(commandHandlers(fabric, replication), commandLog);
+    this.#executor = new CommandExecutor(
+      commandHandlers(fabric, replication, lifecycle?.handlers() ?? {}),
+      commandLog,
+    );
     this.#tls = tls;
     this.#dataAddress = dataAddress;
     this.done = new Promise<void>((resolve, reject) => {
@@ -312,8 +319,12 @@ export class SiteAgent {
             ...(o.crashPointIntervalMs === undefined ? {} : { crashPointIntervalMs: o.crashPointIntervalMs }),
           })
         : undefined;
+    // Exposures (failover and test machines' disks) are served again before the fabric serves those machines.
+    const lifecycle =
+      dataPlane === undefined ? undefined : new LifecycleService({ dataDir: o.dataDir, dataPlane, log });
     try {
       await dataPlane?.load();
+      await lifecycle?.load();
       if (fabric === undefined) {
         const local = await LocalFabric.open({
           siteDir: o.siteDir,
@@ -323,6 +334,7 @@ export class SiteAgent {
           ...(dataPlane === undefined
             ? {}
             : { diskObserver: (m: string, d: string) => dataPlane.observerFor(m, d) }),
+          ...(lifecycle === undefined ? {} : { exposureBackend: (ref) => lifecycle.backendFor(ref) }),
           log,
         });
         local.watch();
@@ -336,12 +348,23 @@ export class SiteAgent {
       }
       if (credential === undefined) throw new OsrError('INTERNAL', 'no credential after registration');
       client.credential = credential.credential;
-      const agent = new SiteAgent(o, client, credential, fabric, replication, commandLog, tls, dataAddress);
+      const agent = new SiteAgent(
+        o,
+        client,
+        credential,
+        fabric,
+        replication,
+        commandLog,
+        tls,
+        dataAddress,
+        lifecycle,
+      );
       agent.#run();
       return agent;
     } catch (err) {
       // Machines stop before their journals close: a write must never find its journal gone.
       if (o.fabric === undefined) await fabric?.close();
+      await lifecycle?.close();
       await (replication ?? dataPlane)?.close();
       await commandLog.close();
       throw err;
@@ -621,6 +644,7 @@ export class SiteAgent {
           if (this.#o.fabric === undefined) await this.fabric.close();
         } finally {
           try {
+            await this.#lifecycle?.close();
             await this.replication.close();
           } finally {
             await this.#commandLog.close();

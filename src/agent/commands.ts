@@ -42,12 +42,17 @@ function itemPayload(payload: unknown, type: string): { itemId: string } {
   return { itemId: str(fields(payload, type), 'itemId', type) };
 }
 
-/** The handlers of every command type this agent implements. */
+/**
+ * The handlers of every command type this agent implements; `extra` adds more (the failover lifecycle's,
+ * `LifecycleService.handlers()`).
+ */
 export function commandHandlers(
   fabric: FabricDriver,
   replication: ReplicationService,
-): Record<AgentCommandType, CommandHandler> {
+  extra: Record<string, CommandHandler> = {},
+): Record<AgentCommandType, CommandHandler> & Record<string, CommandHandler> {
   return {
+    ...extra,
     'replica.prepare': (p) => {
       itemPayload(p, 'replica.prepare');
       return replication.prepareReplica(p as ReplicaPreparePayload);

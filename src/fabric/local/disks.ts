@@ -13,6 +13,7 @@
 import { mkdir, open, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { FileBackend } from '../../dataplane/nbd/file-backend.js';
+import type { BlockBackend } from '../../dataplane/nbd/backend.js';
 import { ObservedBackend } from '../../dataplane/nbd/observed-backend.js';
 import type { WriteObserver } from '../../dataplane/nbd/observed-backend.js';
 import { NbdServer } from '../../dataplane/nbd/server.js';
@@ -50,6 +51,30 @@ export interface DiskImage {
   id: string;
   file: string;
   sizeBytes: number;
+  /**
+   * Serve this backend instead of opening `file` (a replica exposure). The server never closes it: its owner
+   * does.
+   */
+  backend?: BlockBackend;
+}
+
+/** `inner` without its `close` (the server must not close a backend it does not own). */
+function borrowed(inner: BlockBackend): BlockBackend {
+  return {
+    get size() {
+      return inner.size;
+    },
+    get readOnly() {
+      return inner.readOnly;
+    },
+    read: (offset, length, into) => inner.read(offset, length, into),
+    write: (offset, data, options) => inner.write(offset, data, options),
+    writeZeroes: (offset, length, options) => inner.writeZeroes(offset, length, options),
+    trim: (offset, length, options) => inner.trim(offset, length, options),
+    flush: () => inner.flush(),
+    blockStatus: (offset, length) => inner.blockStatus(offset, length),
+    close: () => inner.flush(),
+  };
 }
 
 /** One served disk. */
@@ -112,7 +137,8 @@ export class MachineDiskServer {
     try {
       for (const img of images) {
         const observer = new SwitchableObserver();
-        const backend = new ObservedBackend(await FileBackend.open(img.file), observer);
+        const inner = img.backend === undefined ? await FileBackend.open(img.file) : borrowed(img.backend);
+        const backend = new ObservedBackend(inner, observer);
         disks.push({ id: img.id, exportName: `${machine}-${img.id}`, file: img.file, backend, observer });
       }
       const exports: NbdExport[] = disks.map((d) => ({

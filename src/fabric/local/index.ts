@@ -30,7 +30,8 @@ import {
   parseMachineConfig,
   writeMachineConfig,
 } from './machines.js';
-import type { MachineConfig } from './machines.js';
+import type { DiskExposureRef, LocalNic, MachineConfig } from './machines.js';
+import type { BlockBackend } from '../../dataplane/nbd/backend.js';
 import { adoptProcess, startProcess } from './runtime-process.js';
 import type { RunningProcess } from './runtime-process.js';
 import { qemuAvailable, startQemu, stopQemu } from './runtime-qemu.js';
@@ -78,7 +79,29 @@ export interface LocalFabricOptions {
    * between serving a disk and the replication service attaching to it after an agent restart.
    */
   diskObserver?: (machine: string, diskId: string) => WriteObserver | null;
+  /**
+   * The backend of a disk that runs on a replica exposure (`exposure` in machine.json: failover and test
+   * failover machines), or undefined when that exposure is not there. The fabric serves it through its NBD front
+   * like an image (so its writes can be journaled at reprotect) and never closes it.
+   */
+  exposureBackend?: (ref: DiskExposureRef) => BlockBackend | undefined;
 }
+
+/** `createMachine` of the local fabric also takes exposure-backed disks, isolated NICs and `reuseExisting`. */
+export type LocalMachineCreateSpec = Omit<MachineCreateSpec, 'disks' | 'nics'> & {
+  disks: (MachineCreateSpec['disks'][number] & { exposure?: DiskExposureRef })[];
+  nics: LocalNic[];
+  /** The machine exists (failback): point its disks at the exposures instead of creating it. */
+  reuseExisting?: boolean;
+  requestId?: string;
+};
+
+/**
+ * The command a process-runtime machine brought up from a replica runs when the spec names none: the ledger
+ * workload, continuing the ledger on its first disk (the local fabric's stand-in for the operating system the
+ * disk of a real machine would boot).
+ */
+export const REPLICA_MACHINE_COMMAND = ['osr', 'workload', 'ledger'];
 
 interface Entry {
   config: MachineConfig;
@@ -165,9 +188,10 @@ export class LocalFabric implements FabricDriver {
   readonly #entries = new Map<string, Entry>();
   readonly #listeners = new Set<() => void>();
   readonly #locks = new Map<string, Promise<void>>();
-  readonly #o: Required<Omit<LocalFabricOptions, 'log' | 'diskObserver'>> & {
+  readonly #o: Required<Omit<LocalFabricOptions, 'log' | 'diskObserver' | 'exposureBackend'>> & {
     log: FabricLogger;
     diskObserver: LocalFabricOptions['diskObserver'];
+    exposureBackend: LocalFabricOptions['exposureBackend'];
   };
   #problems: string[] = [];
   #signature = '';
@@ -190,6 +214,7 @@ export class LocalFabric implements FabricDriver {
       pollMs: options.pollMs ?? 1000,
       log: options.log ?? silentLogger,
       diskObserver: options.diskObserver,
+      exposureBackend: options.exposureBackend,
     };
   }
 
@@ -367,6 +392,18 @@ export class LocalFabric implements FabricDriver {
     try {
       const images = [];
       for (const d of m.disks) {
+        if (d.exposure !== undefined) {
+          const backend = this.#o.exposureBackend?.(d.exposure);
+          if (backend === undefined) {
+            throw new OsrError(
+              'NOT_FOUND',
+              `disk '${d.id}' of '${m.name}' runs on the ${d.exposure.purpose} exposure of item '${d.exposure.itemId}', which is not there`,
+              { details: { machine: m.name, disk: d.id, exposure: d.exposure } },
+            );
+          }
+          images.push({ id: d.id, file: '', sizeBytes: d.sizeBytes, backend });
+          continue;
+        }
         const ds = site.datastores.find((x) => x.name === d.datastore);
         if (ds === undefined) throw notFound('datastore', d.datastore);
         const folder = datastoreFolder(this.siteDir, ds);
@@ -661,7 +698,14 @@ export class LocalFabric implements FabricDriver {
       env[`OSR_NIC${i}_NETWORK`] = n.network ?? '';
       env[`OSR_NIC${i}_SUBNET`] = n.subnet ?? '';
       env[`OSR_NIC${i}_IP`] = n.ip ?? '';
-      env[`OSR_NIC${i}_MODE`] = n.network === null ? 'disconnected' : n.ip === null ? 'dhcp' : 'static';
+      env[`OSR_NIC${i}_MODE`] =
+        n.network === null
+          ? n.isolated === true
+            ? 'isolated'
+            : 'disconnected'
+          : n.ip === null
+            ? 'dhcp'
+            : 'static';
     });
     const command = m.command ?? [];
     const argv = command[0] === 'osr' ? [...this.#o.osrCommand, ...command.slice(1)] : command;
@@ -732,7 +776,9 @@ export class LocalFabric implements FabricDriver {
     return this.#view(e);
   }
 
-  async createMachine(spec: MachineCreateSpec & { requestId?: string }): Promise<FabricMachine> {
+  async createMachine(input: MachineCreateSpec & { requestId?: string }): Promise<FabricMachine> {
+    const spec = input as LocalMachineCreateSpec;
+    if (spec.reuseExisting === true && this.#entries.has(spec.name)) return this.#reattach(spec);
     const created = await this.#withLock('site', async () => {
       const existing = this.#entries.get(spec.name);
       const folderExists = await exists(join(this.siteDir, MACHINES_DIR, spec.name));
@@ -764,11 +810,16 @@ export class LocalFabric implements FabricDriver {
             datastore: d.datastore,
             path: d.path ?? `${spec.name}/${d.id}.img`,
             sizeBytes: d.sizeBytes,
+            ...(d.exposure === undefined ? {} : { exposure: d.exposure }),
           })),
           nics: spec.nics,
           guestTools: spec.guestTools ?? 'Installed',
           origin: spec.origin ?? 'manual',
-          ...(spec.command === undefined ? {} : { command: spec.command }),
+          ...(spec.command !== undefined
+            ? { command: spec.command }
+            : (spec.runtime ?? 'process') === 'process' && spec.disks.some((d) => d.exposure !== undefined)
+              ? { command: REPLICA_MACHINE_COMMAND }
+              : {}),
         },
         file,
         this.#site,
@@ -777,6 +828,7 @@ export class LocalFabric implements FabricDriver {
       for (const [i, d] of config.disks.entries()) {
         const ds = this.#site.datastores.find((x) => x.name === d.datastore);
         if (ds === undefined) throw notFound('datastore', d.datastore);
+        if (d.exposure !== undefined) continue;
         const image = join(datastoreFolder(this.siteDir, ds), d.path);
         const source = spec.disks[i]?.sourceFile;
         if (await exists(image)) {
@@ -802,6 +854,37 @@ export class LocalFabric implements FabricDriver {
     return this.#view(created);
   }
 
+  /**
+   * Failback (`reuseExisting`): the machine exists; its disks are pointed at the exposures of the spec (machine.json
+   * rewritten, disks served again). The machine must be stopped.
+   */
+  async #reattach(spec: LocalMachineCreateSpec): Promise<FabricMachine> {
+    const view = await this.#withLock('site', () =>
+      this.#withLock(`machine:${spec.name}`, async () => {
+        const e = this.#entry(spec.name);
+        if (e.proc?.alive) {
+          throw new OsrError(
+            'OPERATION_NOT_ALLOWED',
+            `machine '${spec.name}' is running; its disks cannot be pointed at the recovery point`,
+            { details: { machine: spec.name, powerState: 'Running' } },
+          );
+        }
+        const disks = e.config.disks.map((d) => {
+          const wanted = spec.disks.find((x) => x.id === d.id);
+          return wanted?.exposure === undefined ? d : { ...d, exposure: wanted.exposure };
+        });
+        const config: MachineConfig = { ...e.config, disks };
+        await writeMachineConfig(this.siteDir, config);
+        e.config = config;
+        await this.#serveDisks(this.#site, e);
+        this.#signature = await this.#fileSignature();
+        return this.#view(e);
+      }),
+    );
+    this.#emit();
+    return view;
+  }
+
   async deleteMachine(name: string, options: { deleteDisks?: boolean } = {}): Promise<{ deleted: boolean }> {
     const result = await this.#withLock('site', () =>
       this.#withLock(`machine:${name}`, async () => {
@@ -819,6 +902,7 @@ export class LocalFabric implements FabricDriver {
         await e.disks?.close();
         if (options.deleteDisks === true) {
           for (const d of e.config.disks) {
+            if (d.exposure !== undefined) continue;
             const ds = this.#site.datastores.find((x) => x.name === d.datastore);
             if (ds === undefined) continue;
             const image = join(datastoreFolder(this.siteDir, ds), d.path);

@@ -38,6 +38,23 @@ export interface MachineDiskConfig {
   /** Image path relative to the datastore folder. */
   path: string;
   sizeBytes: number;
+  /**
+   * The disk is an exposure of a replica (failover, test failover): the agent's lifecycle service serves it
+   * (recovery-point view + writable overlay, or the committed replica); no image file at `path` is used.
+   */
+  exposure?: DiskExposureRef;
+}
+
+/** Which exposure a disk runs on: the item's replica, the exposure's purpose, the replica's disk. */
+export interface DiskExposureRef {
+  itemId: string;
+  purpose: 'test' | 'failover';
+  diskId: string;
+}
+
+/** A NIC of a local machine; `isolated` = on a network of the machine's own (a test failover's, R-TF-1). */
+export interface LocalNic extends MachineNic {
+  isolated?: boolean;
 }
 
 /** A validated `machine.json`. */
@@ -50,7 +67,7 @@ export interface MachineConfig {
   osType: OsType;
   runtime: LocalRuntime;
   disks: MachineDiskConfig[];
-  nics: MachineNic[];
+  nics: LocalNic[];
   guestTools: GuestToolsState;
   origin: MachineOrigin;
   /** argv of the process runtime; a first word `osr` runs this product's CLI. */
@@ -102,7 +119,7 @@ export function parseMachineConfig(raw: unknown, file: string, site: SiteConfig)
   const dAt = child(at, 'disks');
   const disks = array(o['disks'], dAt).map((d, i) => {
     const a = child(dAt, i);
-    const dO = object(d, a, ['id', 'datastore', 'path', 'sizeBytes']);
+    const dO = object(d, a, ['id', 'datastore', 'path', 'sizeBytes', 'exposure']);
     const datastore = string(dO['datastore'], child(a, 'datastore'));
     if (!site.datastores.some((x) => x.name === datastore)) {
       throw invalid(child(a, 'datastore'), `unknown datastore ${JSON.stringify(datastore)}`);
@@ -113,23 +130,34 @@ export function parseMachineConfig(raw: unknown, file: string, site: SiteConfig)
     }
     const sizeBytes = integer(dO['sizeBytes'], child(a, 'sizeBytes'), 512);
     if (sizeBytes % 512 !== 0) throw invalid(child(a, 'sizeBytes'), 'must be a multiple of 512');
-    return { id: name(dO['id'], child(a, 'id')), datastore, path, sizeBytes };
+    const id = name(dO['id'], child(a, 'id'));
+    if (dO['exposure'] === undefined || dO['exposure'] === null) return { id, datastore, path, sizeBytes };
+    const eAt = child(a, 'exposure');
+    const eO = object(dO['exposure'], eAt, ['itemId', 'purpose', 'diskId']);
+    const exposure: DiskExposureRef = {
+      itemId: string(eO['itemId'], child(eAt, 'itemId')),
+      purpose: oneOf(eO['purpose'], child(eAt, 'purpose'), ['test', 'failover'] as const),
+      diskId: string(eO['diskId'], child(eAt, 'diskId')),
+    };
+    return { id, datastore, path, sizeBytes, exposure };
   });
   unique(disks, (d) => d.id, dAt, 'disk id');
   unique(disks, (d) => `${d.datastore}/${d.path}`, dAt, 'disk image');
 
   const nAt = child(at, 'nics');
-  const nics = array(o['nics'], nAt, true).map((n, i): MachineNic => {
+  const nics = array(o['nics'], nAt, true).map((n, i): LocalNic => {
     const a = child(nAt, i);
-    const nO = object(n, a, ['network', 'subnet', 'ip']);
+    const nO = object(n, a, ['network', 'subnet', 'ip', 'isolated']);
     const network = nullableString(nO['network'], child(a, 'network'));
     const subnet = nullableString(nO['subnet'], child(a, 'subnet'));
     const ip = nullableString(nO['ip'], child(a, 'ip'));
+    const isolated = booleanField(nO['isolated'], child(a, 'isolated'));
     if (network === null) {
       if (subnet !== null || ip !== null)
         throw invalid(child(a, 'network'), 'a subnet or IP needs a network');
-      return { network, subnet, ip };
+      return isolated ? { network, subnet, ip, isolated } : { network, subnet, ip };
     }
+    if (isolated) throw invalid(child(a, 'isolated'), 'an isolated NIC has no network');
     const net = site.networks.find((x) => x.name === network);
     if (net === undefined) throw invalid(child(a, 'network'), `unknown network ${JSON.stringify(network)}`);
     const sub = subnet === null ? undefined : net.subnets.find((s) => s.name === subnet);
@@ -249,6 +277,7 @@ export async function loadMachineConfigs(
   const images = new Map<string, string>();
   for (const m of machines) {
     for (const d of m.disks) {
+      if (d.exposure !== undefined) continue;
       const key = `${d.datastore}/${d.path}`;
       const other = images.get(key);
       if (other !== undefined) {
