@@ -338,10 +338,21 @@ for (const dialect of dialects()) {
         await refused('hypervisor-mismatch');
         await env.store.machines.update(back.id, { hypervisor: 'process' });
 
+        // A physical server fails back only as a virtual machine (R-RP-7).
+        const lf = item.lastFailover;
+        assert.ok(lf);
+        const current = await env.store.items.get(env.vaultId, 'web');
+        await env.store.items.update(current.id, { lastFailover: { ...lf, sourceHypervisor: 'physical' } });
+        await env.store.machines.update(back.id, { hypervisor: 'physical' });
+        await refused('physical-target');
+        await env.store.machines.update(back.id, { hypervisor: 'process' });
+        await env.store.items.update(current.id, { lastFailover: lf });
+
         await env.store.machines.delete(failedOver.id);
         await refused('machine-deleted');
         const unchanged = await env.store.items.get(env.vaultId, 'web');
-        assert.equal(unchanged.version, item.version, 'a refusal changes nothing');
+        assert.equal(unchanged.currentJobId, null, 'a refusal starts nothing');
+        assert.equal(unchanged.protectionState, 'Protected');
       } finally {
         await env.stop();
       }
