@@ -22,6 +22,7 @@ const sender: SenderStatus = {
   throughputBytesPerSec: 5e6,
   inFlightBytes: 4096,
   connects: 1,
+  rebases: 0,
   lastError: null,
 };
 

@@ -497,6 +497,57 @@ export class WriteJournal {
   }
 
   /**
+   * Re-base after a lost resume point: the recovery site resumes after `aboveSeq`, which this journal cannot
+   * continue from — released (the replica lost data, e.g. restored from a backup) or beyond the journal's end (this
+   * host crashed and lost records it had not synced). Every disk is marked wholly dirty (durable first: the
+   * resync to come is remembered across a crash), every stored record is dropped, and the stream restarts at a
+   * *base seq* above both positions with a `resync begin`; the receiver accepts the gap before it (it may skip
+   * only to a `resync begin`). Points the replica holds from before stay valid; none is cut until `runResync`
+   * (every block is dirty) has put the end into the stream. Resolves with the base seq.
+   */
+  async rebase(aboveSeq: number): Promise<number> {
+    if (!Number.isSafeInteger(aboveSeq) || aboveSeq < 0) throw new RangeError(`bad resume seq ${aboveSeq}`);
+    // Quiet the files: nothing pending, no write, sync or rotation in flight (their fd is about to close).
+    for (;;) {
+      this.assertUsable();
+      if (
+        !this.writing &&
+        !this.writeScheduled &&
+        !this.syncing &&
+        !this.rotating &&
+        this.pending.length === 0
+      )
+        break;
+      await this.flush().catch(() => undefined);
+      await new Promise<void>((r) => setImmediate(r));
+    }
+    // From here on synchronous: no other journal code runs until the new segment is in place.
+    const baseSeq = Math.max(aboveSeq, this.nextSeq - 1) + 1;
+    this.ensureBitmaps();
+    for (const m of this.dirty.values()) m.markAll();
+    this.dirtyState = 'resync';
+    writeDirtyFile(join(this.dir, DIRTY_FILE), 'resync', this.dirty);
+    // Oldest first, so a crash part way leaves a contiguous run of segments (or none); open then starts wherever
+    // it finds itself and the sender re-bases again.
+    for (const seg of this.segments) fs.rmSync(seg.path, { force: true });
+    fs.closeSync(this.activeFd);
+    fsyncDir(this.dir);
+    const path = segmentPath(this.dir, baseSeq);
+    this.activeFd = fs.openSync(path, 'w+');
+    fsyncDir(this.dir);
+    this.segments.length = 0;
+    this.segments.push({ firstSeq: baseSeq, path, size: 0, positions: [], times: [] });
+    this.stored = 0;
+    this.nextSeq = baseSeq;
+    this.written = baseSeq - 1;
+    this.durable = baseSeq - 1;
+    this.enqueue({ kind: 'resync', seq: this.nextSeq++, time: this.clock(), phase: 'begin' });
+    await this.waitDurable(baseSeq);
+    this.notifyProgress();
+    return baseSeq;
+  }
+
+  /**
    * Salvage after `read` refused a damaged record (`JournalCorruptError`, e.g. a flipped bit on disk): every
    * stored record that fails verification is overwritten in place by a tombstone of the same seq and size (an
    * empty zero change, `encodeTombstone`), so the stream continues without a gap, and every disk is marked dirty

@@ -108,7 +108,12 @@ export class PendingLog {
     };
     this.segments.push(seg);
     for (const { record, pos, size } of scan.records) {
-      if (record.seq !== this.lastSeq + 1 && record.seq > appliedSeq) {
+      const rebase = record.kind === RecordKind.MARKER && (record.flags & FLAG_RESYNC_BEGIN) !== 0;
+      if (
+        record.seq !== this.lastSeq + 1 &&
+        record.seq > appliedSeq &&
+        !(rebase && record.seq > this.lastSeq)
+      ) {
         throw new ReplicaError(
           'REPLICA_CORRUPT',
           `${file}: record at byte ${pos} has seq ${record.seq}, expected ${this.lastSeq + 1}`,

@@ -196,7 +196,12 @@ export class ReplicaStore implements ChangeSink {
     let undo: UndoLog | undefined;
     try {
       for (const spec of state.disks) {
-        opened.push({ spec, base: await FileBackend.open(diskFile(dir, spec.id)) });
+        // Big base writes (a whole batch's blocks) go to the thread pool: the event loop meanwhile decrypts and
+        // checks the next frames.
+        opened.push({
+          spec,
+          base: await FileBackend.open(diskFile(dir, spec.id), { syncWriteMaxBytes: 64 * 1024 }),
+        });
       }
       pending = PendingLog.open(
         path.join(dir, 'pending'),
@@ -246,6 +251,9 @@ export class ReplicaStore implements ChangeSink {
       const fresh: Change[] = [];
       for (const c of changes) {
         if (c.seq < expect && fresh.length === 0) continue;
+        // A re-based stream (the source lost the resume position) restarts above it with a resync begin: the
+        // only gap accepted. Points before it stay valid; none is cut until the resync's end.
+        if (c.seq > expect && c.kind === 'resync' && c.phase === 'begin') expect = c.seq;
         if (c.seq !== expect) {
           throw new ReplicaError('SEQUENCE_GAP', `expected seq ${expect}, got ${c.seq}`);
         }

@@ -198,13 +198,18 @@ export class ReplicationReceiver {
         case FrameType.BATCH: {
           const entries = await decodeBatch(f.payload, f.flags);
           const fresh = entries.filter((e) => e.seq > last);
-          if (fresh.length > 0 && fresh[0]!.seq !== last + 1) {
+          // The one gap allowed: a re-based stream restarts above the old position with a resync begin.
+          if (fresh.length > 0 && fresh[0]!.seq !== last + 1 && !isRebase(fresh[0]!)) {
             throw Object.assign(new Error(`batch starts at seq ${fresh[0]!.seq}, expected ${last + 1}`), {
               code: 'SEQUENCE_GAP',
             });
           }
           for (let i = 1; i < fresh.length; i++) {
-            if (fresh[i]!.seq !== fresh[i - 1]!.seq + 1) throw new FrameError('batch is not contiguous');
+            if (
+              fresh[i]!.seq !== fresh[i - 1]!.seq + 1 &&
+              !(fresh[i]!.seq > fresh[i - 1]!.seq && isRebase(fresh[i]!))
+            )
+              throw new FrameError('batch is not contiguous');
           }
           if (fresh.length > 0) {
             const changes = await this.resolveOffline(groupId, fresh);
@@ -311,4 +316,9 @@ export class ReplicationReceiver {
     }
     return out;
   }
+}
+
+/** A resync begin: the only change a stream may skip seqs to (a re-base after a lost resume position). */
+function isRebase(e: JournalEntry): boolean {
+  return e.kind === 'resync' && e.phase === 'begin';
 }

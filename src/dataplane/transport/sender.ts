@@ -39,6 +39,13 @@ export interface ReplicationSenderOptions {
   readonly clock?: () => number;
   /** Connection events, for logs. */
   readonly onEvent?: (event: SenderEvent) => void;
+  /**
+   * When the receiver's resume position is not in the journal (released, or beyond its end after this host lost
+   * records), re-base the stream (`WriteJournal.rebase`: every block dirty, a resync begin above both positions)
+   * and stream on; the resync (`runResync`) then brings the replica level. False: stop in `resync-required`.
+   * Default true.
+   */
+  readonly rebaseOnLostResume?: boolean;
   /** Fault injection for tests: sees (and may alter) each encoded frame before it is written. */
   readonly frameTap?: (type: FrameType, frame: Buffer) => void;
 }
@@ -79,6 +86,8 @@ export interface SenderStatus {
   /** Raw bytes sent and not yet acknowledged. */
   readonly inFlightBytes: number;
   readonly connects: number;
+  /** Times the stream was re-based after a lost resume position (`rebaseOnLostResume`). */
+  readonly rebases: number;
   readonly lastError: string | null;
 }
 
@@ -127,6 +136,7 @@ export class ReplicationSender {
   private bytesWire = 0;
   private bytesZero = 0;
   private connects = 0;
+  private rebases = 0;
   private lastError: Error | null = null;
   private inFlight: InFlight[] = [];
   private inFlightBytes = 0;
@@ -217,6 +227,7 @@ export class ReplicationSender {
       throughputBytesPerSec: span > 0 && first && lastSample ? (lastSample[1] - first[1]) / span : 0,
       inFlightBytes: this.inFlightBytes,
       connects: this.connects,
+      rebases: this.rebases,
       lastError: this.lastError?.message ?? null,
     };
   }
@@ -357,18 +368,22 @@ export class ReplicationSender {
             const resume = Number(hello.resumeSeq);
             if (!Number.isSafeInteger(resume) || resume < 0)
               throw new FrameError('HELLO without a resume position');
-            if (resume > journal.lastSeq) {
-              throw new ResyncRequiredError(
-                `the receiver has seq ${resume} but the journal ends at ${journal.lastSeq} (source lost records)`,
-              );
-            }
-            if (resume + 1 < journal.firstSeq) {
-              throw new ResyncRequiredError(
-                `the receiver resumes after seq ${resume} but the journal starts at ${journal.firstSeq}`,
-              );
+            const lost =
+              resume > journal.lastSeq
+                ? `the receiver has seq ${resume} but the journal ends at ${journal.lastSeq} (source lost records)`
+                : resume + 1 < journal.firstSeq
+                  ? `the receiver resumes after seq ${resume} but the journal starts at ${journal.firstSeq}`
+                  : null;
+            if (lost !== null) {
+              if (!(this.o.rebaseOnLostResume ?? true)) throw new ResyncRequiredError(lost);
+              // Re-base: the stream restarts above both positions with a resync begin, every block to compare.
+              await journal.rebase(resume);
+              this.rebases++;
+              this.lastError = new ResyncRequiredError(`${lost}; re-based at seq ${journal.firstSeq}`);
+              if (signal.aborted) return streaming;
             }
             this.onAck(resume);
-            next = resume + 1;
+            next = lost !== null ? journal.firstSeq : resume + 1;
             this.sent = resume;
             streaming = true;
             this.connects++;
