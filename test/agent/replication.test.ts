@@ -5,13 +5,15 @@
  * survives kill -9 of either agent mid-stream with nothing lost or applied twice, and
  * never passes disk bytes through the control plane (R-INF-7).
  */
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { after, afterEach, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { NbdClient } from '../../src/dataplane/nbd/client.js';
-import { killAll, startWorld, waitUntil } from './harness.js';
+import { BIN, killAll, startWorld, waitUntil } from './harness.js';
 import type { World } from './harness.js';
 import {
   DISK_BYTES,
@@ -27,6 +29,7 @@ import {
 } from './replication-support.js';
 import type { ItemView, Sites } from './replication-support.js';
 
+const exec = promisify(execFile);
 const worlds: World[] = [];
 const recorders: Sites['recorder'][] = [];
 
@@ -260,6 +263,21 @@ void test(
         await ledger(s, 'thaw');
       }
       assert.equal(readFileSync(replicaImage(s, itemId)).length, DISK_BYTES);
+      // The replica's ledger is an unbroken prefix (write order kept across both kills).
+      const check = JSON.parse(
+        (
+          await exec(process.execPath, [
+            BIN,
+            'workload',
+            'ledger-check',
+            '--disk',
+            replicaImage(s, itemId, 'disk0'),
+            '--json',
+          ])
+        ).stdout,
+      ) as { ok: boolean; records: number };
+      assert.equal(check.ok, true);
+      assert.ok(check.records > 0);
       const item = await w.api<{ protectionState: string }>('GET', `/vaults/default/items/${itemId}`);
       assert.equal(item.body.protectionState, 'Protected');
     });
