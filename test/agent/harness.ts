@@ -343,3 +343,82 @@ export async function startAgent(
   await p.waitFor(/osr agent \S+ running for site/);
   return p;
 }
+
+/** A job as the API shows it (the fields the lifecycle tests read). */
+export interface JobView {
+  id: string;
+  state: string;
+  displayName?: string;
+  steps: {
+    name: string;
+    state: string;
+    output?: unknown;
+    error?: { code: string; message: string } | null;
+  }[];
+  waiting?: { name: string } | null;
+  error?: { code: string; message: string } | null;
+}
+
+/** Polls the job until its state is one of `states` (fails early on Failed/Cancelled unless asked for). */
+export function waitJob(w: World, jobId: string, states: string[], timeoutMs = 120_000): Promise<JobView> {
+  return waitUntil(
+    `job ${jobId} to reach ${states.join('|')}`,
+    async () => {
+      const r = await w.api<JobView>('GET', `/jobs/${jobId}`);
+      const j = r.body;
+      if (states.includes(j.state)) return j;
+      if (j.state === 'Failed' || j.state === 'Cancelled') {
+        throw new Error(`job ${j.displayName ?? jobId} ended ${j.state}: ${JSON.stringify(j.error)}`);
+      }
+      return undefined;
+    },
+    timeoutMs,
+  ).catch(async (err: unknown) => {
+    const r = await w.api<JobView>('GET', `/jobs/${jobId}`);
+    throw new Error(`${(err as Error).message}\njob: ${JSON.stringify(r.body, null, 1).slice(0, 6000)}`, {
+      cause: err,
+    });
+  });
+}
+
+/** Starts an item operation through the API (`test-failover`, `unplanned-failover`, …); resolves the job id. */
+export async function operate(w: World, itemId: string, op: string, body: unknown = {}): Promise<string> {
+  const r = await w.api<{ job: { id: string } }>('POST', `/vaults/default/items/${itemId}/${op}`, body);
+  if (r.status !== 202) throw new Error(`${op}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body.job.id;
+}
+
+/** Copies an NBD export into a raw image file with qemu-img (a client independent of this product). */
+export async function qemuCopy(uri: string, file: string): Promise<void> {
+  const { execFile } = await import('node:child_process');
+  await new Promise<void>((resolvePromise, reject) =>
+    execFile(
+      'qemu-img',
+      ['convert', '-f', 'raw', '-O', 'raw', uri, file],
+      { timeout: 60_000 },
+      (err, _o, e) =>
+        err ? reject(new Error(`qemu-img convert ${uri}: ${err.message}\n${e}`)) : resolvePromise(),
+    ),
+  );
+}
+
+/** The status port and pid of a machine an agent runs (its fabric state in the agent's data folder). */
+export function machineRuntime(agentData: string, machine: string): { pid?: number; httpPort?: number } {
+  const file = join(agentData, 'fabric', 'fabric-state.json');
+  if (!existsSync(file)) return {};
+  const state = JSON.parse(readFileSync(file, 'utf8')) as {
+    machines: Record<string, { pid?: number; httpPort?: number }>;
+  };
+  return state.machines[machine] ?? {};
+}
+
+/** The ledger workload's `GET /status` of a machine an agent runs. */
+export async function ledgerStatusOf(
+  agentData: string,
+  machine: string,
+): Promise<{ count: number; lastCheck: { ok: boolean; records: number } }> {
+  const port = machineRuntime(agentData, machine).httpPort;
+  if (port === undefined) throw new Error(`${machine} has no status port`);
+  const r = await fetch(`http://127.0.0.1:${port}/status`);
+  return (await r.json()) as { count: number; lastCheck: { ok: boolean; records: number } };
+}
