@@ -888,7 +888,10 @@ export class DataPlaneReplicationService implements ReplicationService {
         }
       }
       if (g.journal.resyncRequired && sender.status().state === 'streaming') {
-        this.#log.warn({ itemId: r.itemId, mode: g.journal.mode }, 'journal overflowed; resyncing');
+        this.#log.warn(
+          { itemId: r.itemId, mode: g.journal.mode },
+          'the replica must be brought level (journal overflow, damage or a lost resume position); resyncing by block hashes',
+        );
         const res = await runResync({
           journal: g.journal,
           disks: this.#backends(g),

@@ -7,7 +7,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, afterEach, test } from 'node:test';
@@ -334,6 +334,38 @@ void test(
       } finally {
         await ledger(s, 'thaw');
       }
+    });
+  },
+);
+
+void test(
+  'a source agent that lost its journal re-bases and resyncs: the replica equals the source again',
+  { timeout: 240_000 },
+  async () => {
+    const w = await world();
+    const s = await sites(w);
+    await withLogs(s, async () => {
+      const itemId = await protectWeb(w);
+      await waitProtected(w, itemId);
+      const before = randomBytes(1024 * 1024);
+      await writeThroughNbd(w, 2 * 1024 * 1024, before);
+      await waitUntil('the write at the replica', () =>
+        readRange(replicaImage(s, itemId), 2 * 1024 * 1024, before.length).equals(before),
+      );
+      // The source agent dies and its journal is lost; writes go on meanwhile (the machine keeps running).
+      s.primary.child.kill('SIGKILL');
+      await s.primary.exited;
+      rmSync(join(s.primaryData, 'replication', itemId, 'journal'), { recursive: true, force: true });
+      s.primary = await restartAgent(w, s, 'primary');
+      const after = randomBytes(1024 * 1024);
+      await writeThroughNbd(w, 6 * 1024 * 1024, after);
+      await ledger(s, 'freeze');
+      try {
+        await waitReplicaEqual(s, itemId, 120_000);
+      } finally {
+        await ledger(s, 'thaw');
+      }
+      await s.primary.waitFor(/"msg":"resync done"/, 30_000);
     });
   },
 );
