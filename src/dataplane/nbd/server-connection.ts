@@ -21,6 +21,8 @@ const REPLY_FLUSH_IMMEDIATE = process.env.OSR_NBD_REPLY_FLUSH !== 'tick';
  */
 const SLAB_SIZE = 64 * 1024;
 const SLAB_MIN_READ = 8 * 1024;
+/** A WRITE payload missing at least this many bytes is received straight into its buffer. */
+const DIRECT_READ_MIN = 32 * 1024;
 /** Slab that small READ replies are cut from; those are only held until the socket has written them. */
 const REPLY_SLAB_SIZE = 256 * 1024;
 /** READ replies up to this size are cut from the reply slab. */
@@ -216,7 +218,8 @@ export class NbdConnection {
 
   private nextReadBuffer(): Buffer {
     const missing = this.payload ? this.payload.length - this.payloadFilled : 0;
-    if (missing > 0 && this.queue.length === 0) {
+    // Only large remainders are worth a read of their own; small ones land in the slab and are copied.
+    if (missing >= DIRECT_READ_MIN && this.queue.length === 0) {
       this.payloadView = this.payload!.subarray(this.payloadFilled);
       return this.payloadView;
     }
