@@ -2,9 +2,11 @@
  * Read throughput of a recovery-point view with history (many undo records between the point and the base) vs
  * the base image itself (issue 4 target: view >= 0.5x base).
  *
- * `node dist/bench/replication/view-read.js [--disk-mib 512] [--writes 8000] [--points 12] [--read-kib 1024]`
+ * `node dist/bench/replication/view-read.js [--disk-mib 512] [--writes 8000] [--points 12] [--read-kib 1024]
+ * [--rounds 7]`
  * builds a replica with random 64 KiB writes and a crash-consistent marker every writes/points writes (about an
- * hour of 5-minute points), then reads the whole disk sequentially from the oldest point's view and from the base.
+ * hour of 5-minute points), then reads the whole disk sequentially from the oldest point's view and from the base,
+ * alternating, `rounds` passes each, and reports the medians.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -23,7 +25,13 @@ const diskBytes = arg('disk-mib', 512) * 1024 * 1024;
 const writes = arg('writes', 8000);
 const points = arg('points', 12);
 const readBytes = arg('read-kib', 1024) * 1024;
+const rounds = arg('rounds', 7);
 const W = 64 * 1024;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
 
 async function readAll(b: BlockBackend): Promise<number> {
   const buf = Buffer.allocUnsafe(readBytes);
@@ -77,11 +85,18 @@ try {
   const st = store.status();
   const oldest = store.points()[0]!;
   const view = await store.openView('d', oldest.id);
-  // Warm both equally (page cache) by one pass each, then measure.
+  // Warm both equally (page cache) by one pass each, then alternate passes and take the medians: on a shared
+  // machine a single pass of each swings by 2x either way.
   await readAll(store.openBase('d'));
   await readAll(view);
-  const baseMiBs = await readAll(store.openBase('d'));
-  const viewMiBs = await readAll(view);
+  const baseRuns: number[] = [];
+  const viewRuns: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    baseRuns.push(await readAll(store.openBase('d')));
+    viewRuns.push(await readAll(view));
+  }
+  const baseMiBs = median(baseRuns);
+  const viewMiBs = median(viewRuns);
   await view.close();
   console.log(
     JSON.stringify(
@@ -95,6 +110,7 @@ try {
         baseReadMiBs: Math.round(baseMiBs),
         oldestViewReadMiBs: Math.round(viewMiBs),
         ratio: Number((viewMiBs / baseMiBs).toFixed(2)),
+        rounds,
       },
       null,
       1,

@@ -2,7 +2,7 @@ import type { BlockBackend, Extent } from '../nbd/backend.js';
 import { NbdError } from '../nbd/errors.js';
 import { NbdErrno } from '../nbd/protocol.js';
 import { preadExact } from './fs-util.js';
-import type { DiskUndoIndex, Resolution } from './undo-index.js';
+import type { DiskUndoIndex, Resolution, UndoFill } from './undo-index.js';
 
 /** What a view needs from its store: the disk's undo index, its base image, and a way to say it is gone. */
 export interface ViewSource {
@@ -44,9 +44,17 @@ export class ReplicaView implements BlockBackend {
     const idx = this.source.index;
     const first = idx.resolve(this.pointSeq - 1, offset, length);
     const version = idx.version;
-    await Promise.all(
-      first.holes.map(([a, b]) => this.source.readBase(a, b - a, buf.subarray(a - offset, b - offset))),
-    );
+    const holes = first.holes;
+    if (holes.length > 1) {
+      // One base read over the span of the holes instead of one per hole: the bytes between them are overwritten
+      // by the undo fills below, and one large read costs less than several small ones.
+      const a = holes[0]![0];
+      const b = holes[holes.length - 1]![1];
+      await this.source.readBase(a, b - a, buf.subarray(a - offset, b - offset));
+    } else if (holes.length === 1) {
+      const [a, b] = holes[0]!;
+      await this.source.readBase(a, b - a, buf.subarray(a - offset, b - offset));
+    }
     // Entries indexed while the base was read may cover bytes the base read already saw overwritten: re-resolve
     // the holes. An entry indexed after this synchronous check belongs to a base write that starts after it.
     const again: Resolution[] =
@@ -97,7 +105,7 @@ export class ReplicaView implements BlockBackend {
 
 async function fillFromUndo(buf: Buffer, offset: number, r: Resolution): Promise<void> {
   await Promise.all(
-    r.fills.map(({ entry, start, end }) => {
+    mergeFills(r.fills).map(({ entry, start, end }) => {
       const into = start - offset;
       if (entry.fd < 0) {
         buf.fill(0, into, into + end - start);
@@ -106,4 +114,38 @@ async function fillFromUndo(buf: Buffer, offset: number, r: Resolution): Promise
       return preadExact(entry.fd, buf, into, end - start, entry.pos + (start - entry.offset));
     }),
   );
+}
+
+/**
+ * Joins fills that continue each other both on the disk and in the same undo file (an entry cut at granule
+ * boundaries, or consecutive entries saved together), so each run is one read.
+ */
+function mergeFills(fills: readonly UndoFill[]): UndoFill[] {
+  if (fills.length < 2) return [...fills];
+  const sorted = [...fills].sort((x, y) => x.start - y.start);
+  const out: UndoFill[] = [];
+  let cur = sorted[0]!;
+  let filePos = cur.entry.pos + (cur.start - cur.entry.offset);
+  for (let i = 1; i < sorted.length; i++) {
+    const f = sorted[i]!;
+    const fPos = f.entry.pos + (f.start - f.entry.offset);
+    const contiguous =
+      f.start === cur.end &&
+      ((f.entry.fd < 0 && cur.entry.fd < 0) ||
+        (f.entry.fd >= 0 && f.entry.fd === cur.entry.fd && fPos === filePos + (cur.end - cur.start)));
+    if (contiguous) {
+      // A synthetic entry whose bytes start where the run starts, so the read below stays one call.
+      cur = {
+        entry: { ...cur.entry, offset: cur.start, pos: filePos, length: f.end - cur.start },
+        start: cur.start,
+        end: f.end,
+      };
+    } else {
+      out.push(cur);
+      cur = f;
+      filePos = fPos;
+    }
+  }
+  out.push(cur);
+  return out;
 }
