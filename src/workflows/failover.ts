@@ -240,6 +240,13 @@ async function createAtTarget(
   };
 }
 
+/** Drops a deleted machine's record; the agent's inventory report may have dropped it already. */
+async function forgetMachine(deps: WorkflowDeps, machineId: string): Promise<void> {
+  await deps.store.machines.delete(machineId).catch((err: unknown) => {
+    if (!isAbsent(err)) throw err;
+  });
+}
+
 function createdOf(ctx: StepContext<unknown>, step: string): CreatedMachine {
   const c = ctx.outputs[step] as CreatedMachine | undefined;
   if (c === undefined) throw new OsrError('INTERNAL', `step '${step}' left no machine`);
@@ -332,7 +339,7 @@ function cleanupSteps(deps: WorkflowDeps): StepDefinition<FailoverInput & ItemOp
           'delete',
         );
         const m = await deps.store.machines.find(item.targetSiteId, created.name);
-        if (m !== undefined) await deps.store.machines.delete(m.id);
+        if (m !== undefined) await forgetMachine(deps, m.id);
         return { machine: created.name, powerOff: off, deleted: true };
       },
     },
@@ -791,7 +798,7 @@ function commitJob(deps: WorkflowDeps): JobDefinition<ItemOpInput> {
             { name: m.name, deleteDisks: true },
             'delete',
           );
-          await deps.store.machines.delete(m.id);
+          await forgetMachine(deps, m.id);
           return { deleted: m.name };
         },
       },
@@ -909,7 +916,7 @@ function cancelFailoverJob(deps: WorkflowDeps): JobDefinition<ItemOpInput> {
         if (item.reversed)
           return { skipped: true, reason: 'the original machine stays; its disks are detached' };
         await command(deps, ctx, item.targetSiteId, 'machine.delete', { name: m.name, deleteDisks: false });
-        if (m.id !== null) await deps.store.machines.delete(m.id).catch(() => undefined);
+        if (m.id !== null) await forgetMachine(deps, m.id);
         return { deleted: m.name };
       },
     },
