@@ -341,6 +341,7 @@ export class SiteAgent {
         fabric = local;
       }
       replication ??= dataPlane!.bindFabric(fabric);
+      lifecycle?.bindFabric(fabric);
       await replication.resume();
       if (credential === undefined && key !== undefined) {
         const signal = o.signal ?? new AbortController().signal;

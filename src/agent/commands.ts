@@ -43,16 +43,15 @@ function itemPayload(payload: unknown, type: string): { itemId: string } {
 }
 
 /**
- * The handlers of every command type this agent implements; `extra` adds more (the failover lifecycle's,
- * `LifecycleService.handlers()`).
+ * The handlers of every command type this agent implements; `extra` adds or replaces handlers (the failover
+ * lifecycle's, `LifecycleService.handlers()`).
  */
 export function commandHandlers(
   fabric: FabricDriver,
   replication: ReplicationService,
   extra: Record<string, CommandHandler> = {},
 ): Record<AgentCommandType, CommandHandler> & Record<string, CommandHandler> {
-  return {
-    ...extra,
+  const base: Record<AgentCommandType, CommandHandler> = {
     'replica.prepare': (p) => {
       itemPayload(p, 'replica.prepare');
       return replication.prepareReplica(p as ReplicaPreparePayload);
@@ -104,6 +103,7 @@ export function commandHandlers(
       });
     },
   };
+  return { ...base, ...extra };
 }
 
 /** The outcome a failure is reported with: the catalog's code, causes and action (R-JOB-2). */

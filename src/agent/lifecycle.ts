@@ -15,7 +15,7 @@
  * as it is.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BlockBackend, Extent, WriteOptions, ZeroOptions } from '../dataplane/nbd/backend.js';
 import { NbdError } from '../dataplane/nbd/errors.js';
@@ -23,7 +23,8 @@ import { NbdErrno } from '../dataplane/nbd/protocol.js';
 import { NbdServer } from '../dataplane/nbd/server.js';
 import { ReplicaError } from '../dataplane/replica/errors.js';
 import type { Overlay } from '../dataplane/replica/overlay.js';
-import type { RecoveryPointInfo, ReplicaStore } from '../dataplane/replica/replica-store.js';
+import { ReplicaStore } from '../dataplane/replica/replica-store.js';
+import type { RecoveryPointInfo } from '../dataplane/replica/replica-store.js';
 import { OsrError } from '../domain/errors.js';
 import type { DiskExposureRef } from '../fabric/local/machines.js';
 import type {
@@ -35,13 +36,28 @@ import type {
   ReplicationDrainResult,
 } from '../workflows/agent-commands.js';
 import type { CommandHandler } from './commands.js';
+import type { ReplicaPreparePayload, ReplicationStartPayload } from './replication.js';
+import type { FabricDriver } from '../fabric/driver.js';
 import type { ReplicationLogger } from './replication-dataplane.js';
 
 /** What the lifecycle service needs from the data plane. */
 export interface LifecycleDataPlane {
   replicaStore(itemId: string): ReplicaStore | undefined;
+  replicaDir(itemId: string): string;
   setReceiving(itemId: string, on: boolean): Promise<void>;
   drain(itemId: string, timeoutMs: number): Promise<{ lastSequence: number }>;
+  prepareReplica(p: ReplicaPreparePayload): Promise<unknown>;
+  startReplication(p: ReplicationStartPayload): Promise<unknown>;
+  stopReplication(p: { itemId: string }): Promise<unknown>;
+}
+
+/** What reprotect needs from the fabric: the original machine's disks, to seed the reverse replica. */
+interface DiskReader {
+  diskBackend(machine: string, diskId: string): BlockBackend;
+}
+
+function readsDisks(f: FabricDriver | undefined): f is FabricDriver & DiskReader {
+  return f !== undefined && typeof (f as Partial<DiskReader>).diskBackend === 'function';
 }
 
 /** Options of `LifecycleService`. */
@@ -200,6 +216,7 @@ export class LifecycleService {
   readonly #disks = new Map<string, ExposureDisk>();
   readonly #locks = new Map<string, Promise<void>>();
   #closed = false;
+  #fabric: FabricDriver | undefined;
 
   constructor(options: LifecycleOptions) {
     this.#o = options;
@@ -218,6 +235,12 @@ export class LifecycleService {
       this.#disks.set(key, d);
     }
     return d;
+  }
+
+  /** The fabric whose machines reprotect reads and replicates (bound once it is open). */
+  bindFabric(fabric: FabricDriver): this {
+    this.#fabric = fabric;
+    return this;
   }
 
   /** The backend a machine's disk on an exposure runs on (LocalFabric's `exposureBackend`). */
@@ -614,6 +637,89 @@ export class LifecycleService {
     return this.#o.dataPlane.drain(itemId, optionalMs(o, 'timeoutMs', type, 5 * 60_000));
   }
 
+  /**
+   * `replica.prepare` with a reprotect `target` (the primary site's agent): the old direction's capture of the
+   * original machine stops (its journal would ship to a replica that was committed), and for the original
+   * location the new replica starts as a copy of the original machine's disks (made here, on this site), so the
+   * reverse direction only has to send the blocks that differ. Without `target` it is the plain prepare.
+   */
+  async prepare(payload: unknown): Promise<unknown> {
+    const type = 'replica.prepare';
+    const o = fields(payload, type);
+    const itemId = itemIdOf(o, type);
+    const p = payload as ReplicaPreparePayload & { target?: { location?: unknown; machine?: unknown } };
+    const target = p.target;
+    if (target === undefined || target === null) return this.#o.dataPlane.prepareReplica(p);
+    if (
+      typeof target.machine !== 'string' ||
+      (target.location !== 'original' && target.location !== 'alternate')
+    ) {
+      throw new OsrError('VALIDATION_FAILED', `${type}: 'target' needs a location and a machine`, {
+        details: { field: 'target' },
+      });
+    }
+    await this.#o.dataPlane.stopReplication({ itemId });
+    if (target.location === 'original' && this.#o.dataPlane.replicaStore(itemId) === undefined) {
+      await this.#seed(itemId, target.machine, p.disks);
+    }
+    return this.#o.dataPlane.prepareReplica({ ...p, replicaExists: true, resync: true });
+  }
+
+  /** Creates the item's replica store with base images copied from `machine`'s disks (sparse). */
+  async #seed(itemId: string, machine: string, disks: { id: string; sizeBytes: number }[]): Promise<void> {
+    const fabric = this.#fabric;
+    if (!readsDisks(fabric)) {
+      throw new OsrError('OPERATION_UNAVAILABLE', 'this fabric does not expose disks for a reverse replica');
+    }
+    const dir = join(this.#o.dataPlane.replicaDir(itemId), 'store');
+    if (existsSync(join(dir, 'state.osr'))) return;
+    const store = await ReplicaStore.open(dir, { disks, processorIdleMs: 50 });
+    await store.close();
+    for (const d of disks) {
+      const from = fabric.diskBackend(machine, d.id);
+      const file = join(dir, 'disks', `${encodeURIComponent(d.id)}.img`);
+      await rm(`${file}.osrmap`, { force: true });
+      const fh = await open(file, 'r+');
+      try {
+        const chunk = 1024 * 1024;
+        for (let at = 0; at < d.sizeBytes; at += chunk) {
+          const n = Math.min(chunk, d.sizeBytes - at);
+          const buf = await from.read(at, n);
+          if (buf.some((b) => b !== 0)) await fh.write(buf, 0, n, at);
+        }
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+    this.#o.log?.info({ itemId, machine }, 'reverse replica seeded from the original machine');
+  }
+
+  /**
+   * `replication.reverse`: this site's failed-over machine becomes the item's source, replicating to the primary
+   * site's agent — the original location by comparing block hashes (`delta`), an alternate one by a full copy.
+   */
+  async reverse(payload: unknown): Promise<{ mode: 'delta' | 'full' }> {
+    const type = 'replication.reverse';
+    const o = fields(payload, type);
+    itemIdOf(o, type);
+    const target = fields(o['target'], `${type} target`);
+    const location = target['location'];
+    if (location !== 'original' && location !== 'alternate') {
+      throw new OsrError('VALIDATION_FAILED', `${type}: 'target.location' must be original or alternate`, {
+        details: { field: 'target.location' },
+      });
+    }
+    const mode = location === 'original' ? 'delta' : 'full';
+    const p = payload as ReplicationStartPayload;
+    await this.#o.dataPlane.startReplication({
+      ...p,
+      policy: { ...fields(o['policy'] ?? {}, `${type} policy`), initialReplication: { mode: 'now' } },
+      copy: mode,
+    });
+    return { mode };
+  }
+
   /** The command handlers of the lifecycle (merged into the agent's). */
   handlers(): Record<string, CommandHandler> {
     return {
@@ -625,6 +731,8 @@ export class LifecycleService {
       'replica.snapshot': (p) => this.snapshot(p),
       'replica.revert': (p) => this.revert(p),
       'replication.drain': (p) => this.drain(p),
+      'replication.reverse': (p) => this.reverse(p),
+      'replica.prepare': (p) => this.prepare(p),
     };
   }
 

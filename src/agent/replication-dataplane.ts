@@ -230,6 +230,8 @@ interface SourceRecord {
   lastAppPointAt: number | null;
   /** The newest marker journaled (its RPO can be vouched for once acknowledged, also after a restart). */
   lastMarker?: { seq: number; time: number; type: MarkerType } | null;
+  /** The last resync (overflow repair, or the delta copy of a reprotect): bytes compared and sent. */
+  lastResync?: { at: string; bytesCompared: number; bytesSent: number };
 }
 
 interface SourceGroup {
@@ -652,7 +654,11 @@ export class DataPlaneReplicationService implements ReplicationService {
         },
         policy,
         since: new Date().toISOString(),
-        copy: running?.record.copy ?? { state: 'pending', lastSeq: null, totalBytes: 0 },
+        copy:
+          running?.record.copy ??
+          (p.copy === 'delta'
+            ? { state: 'done', lastSeq: 0, totalBytes: 0 }
+            : { state: 'pending', lastSeq: null, totalBytes: 0 }),
         lastAppPointAt: running?.record.lastAppPointAt ?? null,
         lastMarker: running?.record.lastMarker ?? null,
       };
@@ -661,6 +667,8 @@ export class DataPlaneReplicationService implements ReplicationService {
       this.#sources.set(itemId, g);
       try {
         this.#attach(g);
+        // Delta: every block is compared with the replica (a resync) before the first point.
+        if (running === undefined && p.copy === 'delta') g.journal.markAllDirty();
       } catch (err) {
         this.#sources.delete(itemId);
         await g.journal.close();
@@ -900,6 +908,12 @@ export class DataPlaneReplicationService implements ReplicationService {
           signal,
         });
         this.#log.info({ itemId: r.itemId, ...res }, 'resync done');
+        r.lastResync = {
+          at: new Date().toISOString(),
+          bytesCompared: res.bytesCompared,
+          bytesSent: res.bytesSent,
+        };
+        await this.#save(g);
         continue;
       }
       const now = Date.now();

@@ -35,6 +35,12 @@ export interface ReplicationStartPayload {
   policy?: unknown;
   replicaExists?: boolean;
   resync?: boolean;
+  /**
+   * How a new journal first brings the replica level: `full` (default) copies every allocated block; `delta`
+   * (reprotect to the original location, whose disks already hold an older copy) compares block hashes with the
+   * replica and sends only the blocks that differ.
+   */
+  copy?: 'full' | 'delta';
 }
 
 /** One item's replication status as the agent reports it (agent protocol §5; metadata only). */

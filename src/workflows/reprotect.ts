@@ -136,6 +136,15 @@ export async function planReprotect(
   };
 }
 
+/** The agent of `siteId` as the peer a replica pins. */
+async function peerOf(
+  deps: WorkflowDeps,
+  siteId: string,
+): Promise<{ agentId: string; siteId: string; dataAddress: string | null; certificatePem: string | null }> {
+  const agent = await deps.commands.agentFor(await deps.store.sites.getById(siteId));
+  return { agentId: agent.id, siteId, dataAddress: agent.dataAddress, certificatePem: agent.certificatePem };
+}
+
 function planOf(ctx: StepContext<ReprotectInput>): ReprotectPlan {
   const p = ctx.outputs['Prerequisites check'] as { plan?: ReprotectPlan } | undefined;
   if (p?.plan === undefined) throw new OsrError('INTERNAL', 'the prerequisites check left no plan');
@@ -250,6 +259,8 @@ export function reprotectJob(deps: WorkflowDeps): JobDefinition<ReprotectInput> 
               replicaExists: plan.location === 'original',
               resync: plan.location === 'original',
               target,
+              // The primary agent accepts the reverse stream only from the new source's certificate (pinning).
+              peer: await peerOf(deps, item.targetSiteId),
             },
             'prepare',
           );

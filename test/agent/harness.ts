@@ -359,26 +359,26 @@ export interface JobView {
   error?: { code: string; message: string } | null;
 }
 
-/** Polls the job until its state is one of `states` (fails early on Failed/Cancelled unless asked for). */
-export function waitJob(w: World, jobId: string, states: string[], timeoutMs = 120_000): Promise<JobView> {
-  return waitUntil(
-    `job ${jobId} to reach ${states.join('|')}`,
-    async () => {
-      const r = await w.api<JobView>('GET', `/jobs/${jobId}`);
-      const j = r.body;
-      if (states.includes(j.state)) return j;
-      if (j.state === 'Failed' || j.state === 'Cancelled') {
-        throw new Error(`job ${j.displayName ?? jobId} ended ${j.state}: ${JSON.stringify(j.error)}`);
-      }
-      return undefined;
-    },
-    timeoutMs,
-  ).catch(async (err: unknown) => {
-    const r = await w.api<JobView>('GET', `/jobs/${jobId}`);
-    throw new Error(`${(err as Error).message}\njob: ${JSON.stringify(r.body, null, 1).slice(0, 6000)}`, {
-      cause: err,
-    });
-  });
+/** Polls the job until its state is one of `states`; fails at once when it ends otherwise. */
+export async function waitJob(
+  w: World,
+  jobId: string,
+  states: string[],
+  timeoutMs = 120_000,
+): Promise<JobView> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const j = (await w.api<JobView>('GET', `/jobs/${jobId}`)).body;
+    if (states.includes(j.state)) return j;
+    const ended = ['Succeeded', 'Failed', 'Cancelled'].includes(j.state);
+    if (ended || Date.now() > deadline) {
+      throw new Error(
+        `job ${j.displayName ?? jobId} is ${j.state}, not ${states.join('|')}: ${JSON.stringify(j.error)}\n` +
+          JSON.stringify(j.steps.map((st) => ({ name: st.name, state: st.state, error: st.error ?? null }))),
+      );
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 /** Starts an item operation through the API (`test-failover`, `unplanned-failover`, …); resolves the job id. */

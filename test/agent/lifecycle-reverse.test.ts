@@ -1,0 +1,167 @@
+/**
+ * The failover lifecycle on real agents and real disks (issue 6), the way back: a ledger machine protected until
+ * Protected, a planned failover that loses no record, its commit, reprotect to the original location that sends
+ * only the changed blocks, and the failback. Disk contents are read with qemu-img.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, afterEach, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { checkLedger, openReadableDisk } from '../../src/workload/ledger.js';
+import { killAll, ledgerStatusOf, operate, qemuCopy, startWorld, waitJob, waitUntil } from './harness.js';
+import type { World } from './harness.js';
+import {
+  DISK_BYTES,
+  LEDGER_BYTES,
+  ledger,
+  protectWeb,
+  replicaImage,
+  sourceImageOf,
+  startSites,
+  waitProtected,
+} from './replication-support.js';
+import type { Sites } from './replication-support.js';
+
+const worlds: World[] = [];
+const recorders: Sites['recorder'][] = [];
+
+afterEach(async () => {
+  await killAll();
+  for (const r of recorders.splice(0)) await r.close();
+  for (const w of worlds.splice(0)) await w.close();
+});
+after(async () => {
+  await killAll();
+});
+
+/** Runs `fn`; a failure carries the end of both agents' logs. */
+async function withLogs(s: Sites, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    const tail = (t: string): string => t.slice(-5000);
+    throw new Error(
+      `${(err as Error).message}\n--- primary agent ---\n${tail(s.primary.out() + s.primary.err())}` +
+        `\n--- recovery agent ---\n${tail(s.recovery.out() + s.recovery.err())}`,
+      { cause: err },
+    );
+  }
+}
+
+interface PointView {
+  id: string;
+  sequence: number;
+  time: string;
+  type: string;
+}
+
+async function points(w: World, itemId: string): Promise<PointView[]> {
+  const r = await w.api<{ items: PointView[] }>('GET', `/vaults/default/items/${itemId}/points?limit=1000`);
+  return [...r.body.items].sort((a, b) => a.sequence - b.sequence);
+}
+
+interface ItemDetail {
+  protectionState: string;
+  testFailoverState: string;
+  disks: { id: string; nbdUri?: string | null }[];
+  testFailover?: {
+    jobId: string;
+    machine: { name: string; disks: { id: string; nbdUri: string }[] } | null;
+  } | null;
+}
+
+async function item(w: World, itemId: string): Promise<ItemDetail> {
+  return (await w.api<ItemDetail>('GET', `/vaults/default/items/${itemId}`)).body;
+}
+
+/** The ledger a disk holds, read through qemu-img into a file of the test's temp folder. */
+async function ledgerOn(w: World, uri: string, name: string): Promise<{ records: number; file: string }> {
+  const file = join(w.tmp, `${name}-${Date.now()}.img`);
+  await qemuCopy(uri, file);
+  const disk = await openReadableDisk(file);
+  try {
+    const check = await checkLedger(disk);
+    assert.ok(check.ok, `${uri} holds a broken ledger: ${JSON.stringify(check.problem)}`);
+    return { records: check.records, file };
+  } finally {
+    await disk.close();
+  }
+}
+
+void test(
+  'planned failover loses no record; commit; reprotect to the original location sends only changed blocks',
+  { timeout: 400_000 },
+  async () => {
+    const w = await startWorld();
+    worlds.push(w);
+    const s = await startSites(w, ['--point-interval', '1500']);
+    recorders.push(s.recorder);
+    await withLogs(s, async () => {
+      const itemId = await protectWeb(w);
+      await waitProtected(w, itemId);
+      await waitUntil('a crash-consistent point', async () => (await points(w, itemId)).length > 0);
+      const running = (await ledger(s, 'status')).count ?? 0;
+      assert.ok(running > 0);
+
+      // ── planned failover while the ledger writes: shut down, drain, final point, snapshot, power on ──
+      const job = await operate(w, itemId, 'planned-failover', {});
+      const done = await waitJob(w, job, ['Succeeded']);
+      const names = done.steps.map((st) => st.name);
+      assert.ok(names.includes('Synchronize pending changes') && names.includes('Snapshot the target disks'));
+      assert.equal((await item(w, itemId)).protectionState, 'FailedOver');
+      // Every record the source wrote before it was shut down is on the failed-over machine's disk.
+      const source = await openReadableDisk(sourceImageOf(s, 'disk0'));
+      const atShutdown = await checkLedger(source).finally(() => source.close());
+      assert.ok(atShutdown.ok && atShutdown.records >= running);
+      const fo = await waitUntil('the failed-over ledger', () => ledgerStatusOf(s.recoveryData, 'web'));
+      assert.equal(fo.lastCheck.records, atShutdown.records, 'no record lost');
+
+      // ── commit ──
+      const commitJob = await operate(w, itemId, 'commit', {});
+      await waitJob(w, commitJob, ['Succeeded']);
+      await waitUntil(
+        'the committed machine to append',
+        async () => (await ledgerStatusOf(s.recoveryData, 'web')).count > atShutdown.records + 5,
+      );
+      const foUri = (await item(w, itemId)).disks.find((d) => d.id === 'disk0')?.nbdUri ?? '';
+      const committed = await ledgerOn(w, foUri, 'committed');
+      assert.ok(committed.records > atShutdown.records);
+
+      // ── reprotect to the original location: the recovery site's machine replicates back, only changed blocks ──
+      const rpJob = await operate(w, itemId, 'reprotect', { location: 'original' });
+      const rp = await waitJob(w, rpJob, ['Succeeded'], 180_000);
+      assert.ok(rp.steps.some((st) => st.name === 'Start reverse replication'));
+      const reversed = await waitProtected(w, itemId);
+      assert.equal(reversed.protectionState, 'Protected');
+      const sourceState = JSON.parse(
+        readFileSync(join(s.recoveryData, 'replication', itemId, 'source.json'), 'utf8'),
+      ) as { lastResync?: { bytesCompared: number; bytesSent: number } };
+      const resync = sourceState.lastResync;
+      assert.ok(resync !== undefined, 'the reverse direction compared block hashes');
+      const diskBytes = LEDGER_BYTES + DISK_BYTES;
+      assert.equal(resync.bytesCompared, diskBytes, 'every block was compared');
+      assert.ok(resync.bytesSent > 0, 'the records written at the recovery site were sent');
+      assert.ok(
+        resync.bytesSent <= diskBytes / 8,
+        `reprotect sent ${resync.bytesSent} bytes of ${diskBytes}: only the changed blocks`,
+      );
+
+      // ── failback (planned failover of the reversed item): every record written at the recovery site returns ──
+      const fbJob = await operate(w, itemId, 'planned-failover', {});
+      await waitJob(w, fbJob, ['Succeeded'], 180_000);
+      const recoveryDisk = await openReadableDisk(replicaImage(s, itemId, 'disk0'));
+      const atRecoveryShutdown = await checkLedger(recoveryDisk).finally(() => recoveryDisk.close());
+      assert.ok(atRecoveryShutdown.ok && atRecoveryShutdown.records > committed.records - 1);
+      const back = await waitUntil('the ledger back at the primary site', () =>
+        ledgerStatusOf(s.primaryData, 'web'),
+      );
+      assert.equal(back.lastCheck.records, atRecoveryShutdown.records, 'failback returns every record');
+      const fbCommit = await operate(w, itemId, 'commit', {});
+      await waitJob(w, fbCommit, ['Succeeded']);
+      await waitUntil(
+        'the primary machine to append after the failback commit',
+        async () => (await ledgerStatusOf(s.primaryData, 'web')).count > atRecoveryShutdown.records + 3,
+      );
+    });
+  },
+);
