@@ -422,3 +422,66 @@ export async function ledgerStatusOf(
   const r = await fetch(`http://127.0.0.1:${port}/status`);
   return (await r.json()) as { count: number; lastCheck: { ok: boolean; records: number } };
 }
+
+/** Runs `fn`; a failure carries the end of each named process's output (agents' logs). */
+export async function withOutput(procs: Record<string, Proc>, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    const tails = Object.entries(procs)
+      .map(([name, p]) => `--- ${name} ---\n${(p.out() + p.err()).slice(-5000)}`)
+      .join('\n');
+    throw new Error(`${(err as Error).message}\n${tails}`, { cause: err });
+  }
+}
+
+/** A recovery point as the API lists it. */
+export interface PointView {
+  id: string;
+  sequence: number;
+  time: string;
+  type: string;
+}
+
+/** The item's recovery points, oldest first. */
+export async function pointsOf(w: World, itemId: string): Promise<PointView[]> {
+  const r = await w.api<{ items: PointView[] }>('GET', `/vaults/default/items/${itemId}/points?limit=1000`);
+  return [...r.body.items].sort((a, b) => a.sequence - b.sequence);
+}
+
+/** The fields of `GET /items/:id` the lifecycle tests read. */
+export interface ItemDetail {
+  protectionState: string;
+  testFailoverState: string;
+  disks: { id: string; nbdUri?: string | null }[];
+  testFailover?: {
+    jobId: string;
+    machine: { name: string; disks: { id: string; nbdUri: string }[] } | null;
+  } | null;
+}
+
+export async function itemOf(w: World, itemId: string): Promise<ItemDetail> {
+  return (await w.api<ItemDetail>('GET', `/vaults/default/items/${itemId}`)).body;
+}
+
+/**
+ * The ledger a disk holds: copied with qemu-img into a file of the world's temp folder and checked there.
+ * Throws on a broken ledger.
+ */
+export async function ledgerOnDisk(
+  w: World,
+  uri: string,
+  name: string,
+): Promise<{ records: number; file: string }> {
+  const { checkLedger, openReadableDisk } = await import('../../src/workload/ledger.js');
+  const file = join(w.tmp, `${name}-${Date.now()}.img`);
+  await qemuCopy(uri, file);
+  const disk = await openReadableDisk(file);
+  try {
+    const check = await checkLedger(disk);
+    if (!check.ok) throw new Error(`${uri} holds a broken ledger: ${JSON.stringify(check.problem)}`);
+    return { records: check.records, file };
+  } finally {
+    await disk.close();
+  }
+}

@@ -8,7 +8,18 @@ import { join } from 'node:path';
 import { after, afterEach, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { checkLedger, openReadableDisk } from '../../src/workload/ledger.js';
-import { killAll, ledgerStatusOf, operate, qemuCopy, startWorld, waitJob, waitUntil } from './harness.js';
+import {
+  itemOf,
+  killAll,
+  ledgerOnDisk,
+  ledgerStatusOf,
+  operate,
+  pointsOf,
+  startWorld,
+  waitJob,
+  waitUntil,
+  withOutput,
+} from './harness.js';
 import type { World } from './harness.js';
 import {
   DISK_BYTES,
@@ -34,60 +45,6 @@ after(async () => {
   await killAll();
 });
 
-/** Runs `fn`; a failure carries the end of both agents' logs. */
-async function withLogs(s: Sites, fn: () => Promise<void>): Promise<void> {
-  try {
-    await fn();
-  } catch (err) {
-    const tail = (t: string): string => t.slice(-5000);
-    throw new Error(
-      `${(err as Error).message}\n--- primary agent ---\n${tail(s.primary.out() + s.primary.err())}` +
-        `\n--- recovery agent ---\n${tail(s.recovery.out() + s.recovery.err())}`,
-      { cause: err },
-    );
-  }
-}
-
-interface PointView {
-  id: string;
-  sequence: number;
-  time: string;
-  type: string;
-}
-
-async function points(w: World, itemId: string): Promise<PointView[]> {
-  const r = await w.api<{ items: PointView[] }>('GET', `/vaults/default/items/${itemId}/points?limit=1000`);
-  return [...r.body.items].sort((a, b) => a.sequence - b.sequence);
-}
-
-interface ItemDetail {
-  protectionState: string;
-  testFailoverState: string;
-  disks: { id: string; nbdUri?: string | null }[];
-  testFailover?: {
-    jobId: string;
-    machine: { name: string; disks: { id: string; nbdUri: string }[] } | null;
-  } | null;
-}
-
-async function item(w: World, itemId: string): Promise<ItemDetail> {
-  return (await w.api<ItemDetail>('GET', `/vaults/default/items/${itemId}`)).body;
-}
-
-/** The ledger a disk holds, read through qemu-img into a file of the test's temp folder. */
-async function ledgerOn(w: World, uri: string, name: string): Promise<{ records: number; file: string }> {
-  const file = join(w.tmp, `${name}-${Date.now()}.img`);
-  await qemuCopy(uri, file);
-  const disk = await openReadableDisk(file);
-  try {
-    const check = await checkLedger(disk);
-    assert.ok(check.ok, `${uri} holds a broken ledger: ${JSON.stringify(check.problem)}`);
-    return { records: check.records, file };
-  } finally {
-    await disk.close();
-  }
-}
-
 void test(
   'planned failover loses no record; commit; reprotect to the original location sends only changed blocks',
   { timeout: 400_000 },
@@ -96,10 +53,10 @@ void test(
     worlds.push(w);
     const s = await startSites(w, ['--point-interval', '1500']);
     recorders.push(s.recorder);
-    await withLogs(s, async () => {
+    await withOutput({ 'primary agent': s.primary, 'recovery agent': s.recovery }, async () => {
       const itemId = await protectWeb(w);
       await waitProtected(w, itemId);
-      await waitUntil('a crash-consistent point', async () => (await points(w, itemId)).length > 0);
+      await waitUntil('a crash-consistent point', async () => (await pointsOf(w, itemId)).length > 0);
       const running = (await ledger(s, 'status')).count ?? 0;
       assert.ok(running > 0);
 
@@ -108,7 +65,7 @@ void test(
       const done = await waitJob(w, job, ['Succeeded']);
       const names = done.steps.map((st) => st.name);
       assert.ok(names.includes('Synchronize pending changes') && names.includes('Snapshot the target disks'));
-      assert.equal((await item(w, itemId)).protectionState, 'FailedOver');
+      assert.equal((await itemOf(w, itemId)).protectionState, 'FailedOver');
       // Every record the source wrote before it was shut down is on the failed-over machine's disk.
       const source = await openReadableDisk(sourceImageOf(s, 'disk0'));
       const atShutdown = await checkLedger(source).finally(() => source.close());
@@ -123,8 +80,8 @@ void test(
         'the committed machine to append',
         async () => (await ledgerStatusOf(s.recoveryData, 'web')).count > atShutdown.records + 5,
       );
-      const foUri = (await item(w, itemId)).disks.find((d) => d.id === 'disk0')?.nbdUri ?? '';
-      const committed = await ledgerOn(w, foUri, 'committed');
+      const foUri = (await itemOf(w, itemId)).disks.find((d) => d.id === 'disk0')?.nbdUri ?? '';
+      const committed = await ledgerOnDisk(w, foUri, 'committed');
       assert.ok(committed.records > atShutdown.records);
 
       // ── reprotect to the original location: the recovery site's machine replicates back, only changed blocks ──

@@ -10,14 +10,16 @@ import { join } from 'node:path';
 import { after, afterEach, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { NbdClient } from '../../src/dataplane/nbd/client.js';
-import { checkLedger, openReadableDisk } from '../../src/workload/ledger.js';
 import {
   alive,
+  itemOf,
   killAll,
+  ledgerOnDisk,
+  pointsOf,
+  withOutput,
   ledgerStatusOf,
   machineRuntime,
   operate,
-  qemuCopy,
   startWorld,
   waitJob,
   waitUntil,
@@ -47,60 +49,6 @@ after(async () => {
   await killAll();
 });
 
-/** Runs `fn`; a failure carries the end of both agents' logs. */
-async function withLogs(s: Sites, fn: () => Promise<void>): Promise<void> {
-  try {
-    await fn();
-  } catch (err) {
-    const tail = (t: string): string => t.slice(-5000);
-    throw new Error(
-      `${(err as Error).message}\n--- primary agent ---\n${tail(s.primary.out() + s.primary.err())}` +
-        `\n--- recovery agent ---\n${tail(s.recovery.out() + s.recovery.err())}`,
-      { cause: err },
-    );
-  }
-}
-
-interface PointView {
-  id: string;
-  sequence: number;
-  time: string;
-  type: string;
-}
-
-async function points(w: World, itemId: string): Promise<PointView[]> {
-  const r = await w.api<{ items: PointView[] }>('GET', `/vaults/default/items/${itemId}/points?limit=1000`);
-  return [...r.body.items].sort((a, b) => a.sequence - b.sequence);
-}
-
-interface ItemDetail {
-  protectionState: string;
-  testFailoverState: string;
-  disks: { id: string; nbdUri?: string | null }[];
-  testFailover?: {
-    jobId: string;
-    machine: { name: string; disks: { id: string; nbdUri: string }[] } | null;
-  } | null;
-}
-
-async function item(w: World, itemId: string): Promise<ItemDetail> {
-  return (await w.api<ItemDetail>('GET', `/vaults/default/items/${itemId}`)).body;
-}
-
-/** The ledger a disk holds, read through qemu-img into a file of the test's temp folder. */
-async function ledgerOn(w: World, uri: string, name: string): Promise<{ records: number; file: string }> {
-  const file = join(w.tmp, `${name}-${Date.now()}.img`);
-  await qemuCopy(uri, file);
-  const disk = await openReadableDisk(file);
-  try {
-    const check = await checkLedger(disk);
-    assert.ok(check.ok, `${uri} holds a broken ledger: ${JSON.stringify(check.problem)}`);
-    return { records: check.records, file };
-  } finally {
-    await disk.close();
-  }
-}
-
 /** Whether an NBD client can still open `uri`. */
 async function reachable(uri: string): Promise<boolean> {
   const u = new URL(uri);
@@ -126,11 +74,11 @@ void test(
     worlds.push(w);
     const s = await startSites(w, ['--point-interval', '1500']);
     recorders.push(s.recorder);
-    await withLogs(s, async () => {
+    await withOutput({ 'primary agent': s.primary, 'recovery agent': s.recovery }, async () => {
       const itemId = await protectWeb(w);
       await waitProtected(w, itemId);
       const chosen = await waitUntil('two crash-consistent points', async () => {
-        const list = (await points(w, itemId)).filter((p) => p.type === 'crash-consistent');
+        const list = (await pointsOf(w, itemId)).filter((p) => p.type === 'crash-consistent');
         return list.length >= 2 ? list.at(-1) : undefined;
       });
       const sourceCountAfterPoint = (await ledger(s, 'status')).count ?? 0;
@@ -139,7 +87,7 @@ void test(
       const testJob = await operate(w, itemId, 'test-failover', { point: chosen.id, network: 'isolated' });
       const waiting = await waitJob(w, testJob, ['WaitingForAction']);
       assert.equal(waiting.waiting?.name, 'complete-test');
-      const drill = await item(w, itemId);
+      const drill = await itemOf(w, itemId);
       assert.equal(drill.protectionState, 'Protected');
       const testDisks = drill.testFailover?.machine?.disks ?? [];
       const ledgerUri = testDisks.find((d) => d.id === 'disk0')?.nbdUri ?? '';
@@ -165,7 +113,7 @@ void test(
       assert.ok(atStart.lastCheck.ok);
       const atPoint = atStart.lastCheck.records;
       assert.ok(atPoint > 0 && atPoint <= sourceCountAfterPoint, `${atPoint} records at the point`);
-      const drillDisk = await ledgerOn(w, ledgerUri, 'drill');
+      const drillDisk = await ledgerOnDisk(w, ledgerUri, 'drill');
       assert.ok(drillDisk.records >= atPoint);
       assert.ok(
         readRange(drillDisk.file, 0, atPoint * 512).equals(
@@ -180,9 +128,9 @@ void test(
       });
 
       // Replication goes on underneath: new points keep arriving.
-      const newest = (await points(w, itemId)).at(-1)!.sequence;
+      const newest = (await pointsOf(w, itemId)).at(-1)!.sequence;
       await waitUntil('a point after the drill began', async () =>
-        (await points(w, itemId)).some((p) => p.sequence > newest),
+        (await pointsOf(w, itemId)).some((p) => p.sequence > newest),
       );
 
       // kill -9 of the recovery agent: after its restart the exposure is served again at the same address.
@@ -196,7 +144,7 @@ void test(
         async () => (await ledgerStatusOf(s.recoveryData, testMachine)).count > countAtKill + 3,
         60_000,
       );
-      const afterRestart = await ledgerOn(w, ledgerUri, 'drill-after-restart');
+      const afterRestart = await ledgerOnDisk(w, ledgerUri, 'drill-after-restart');
       assert.ok(afterRestart.records > atPoint);
 
       // ── complete the test: cleanup removes the machine and the exposure ──
@@ -214,7 +162,7 @@ void test(
       );
       assert.equal(await reachable(ledgerUri), false, 'the test disks are no longer served');
       await waitUntil('the test machine process to end', () => !alive(pid));
-      assert.equal((await item(w, itemId)).testFailoverState, 'None');
+      assert.equal((await itemOf(w, itemId)).testFailoverState, 'None');
 
       // ── unplanned failover at Latest: every write the recovery site received ──
       await ledger(s, 'freeze');
@@ -223,7 +171,7 @@ void test(
       const foJob = await operate(w, itemId, 'unplanned-failover', {});
       const fo = await waitJob(w, foJob, ['Succeeded']);
       assert.ok(fo.steps.some((st) => st.name === 'Stop replication'));
-      const failedOver = await item(w, itemId);
+      const failedOver = await itemOf(w, itemId);
       assert.equal(failedOver.protectionState, 'FailedOver');
       const foMachine = 'web';
       const foConfig = JSON.parse(
@@ -252,9 +200,9 @@ void test(
         'the committed machine to append',
         async () => (await ledgerStatusOf(s.recoveryData, foMachine)).count > before + 3,
       );
-      const foUri = (await item(w, itemId)).disks.find((d) => d.id === 'disk0')?.nbdUri ?? '';
+      const foUri = (await itemOf(w, itemId)).disks.find((d) => d.id === 'disk0')?.nbdUri ?? '';
       assert.match(foUri, /^nbd:\/\//, 'the failed-over disk has an address');
-      const committed = await ledgerOn(w, foUri, 'committed');
+      const committed = await ledgerOnDisk(w, foUri, 'committed');
       assert.ok(committed.records > atPoint);
       assert.ok(
         readRange(committed.file, 0, atPoint * 512).equals(
