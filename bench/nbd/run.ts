@@ -1,7 +1,8 @@
 /**
  * NBD benchmark: our server (`osr nbd serve`, in its own process) against `nbdkit file` and `qemu-nbd` on the same
  * 2 GiB raw image, with the same client (fio, ioengine=nbd, one connection), dropping the page cache before every
- * run. Prints each figure and its ratio to nbdkit.
+ * run. Prints each figure and its ratio to nbdkit, and each server's CPU time (user + system, all threads) per MiB
+ * or per I/O, which moves far less than throughput when other work shares the machine.
  *
  *   npm run build && npm run bench:nbd -- [--runtime 10] [--reps 1] [--dir /var/tmp/osr-nbd-bench]
  *                                         [--servers osr,nbdkit,qemu-nbd] [--tests seq-write,seq-read,rand-write,rand-read]
