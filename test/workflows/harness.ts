@@ -291,6 +291,11 @@ export async function setup(options: SetupOptions = {}): Promise<Env> {
               );
               continue;
             }
+            if (c.type === 'machine.delete') {
+              // A real agent's inventory report often lands before the command's result.
+              const gone = await store.machines.find(agent.siteId, (c.payload as { name: string }).name);
+              if (gone !== undefined) await store.machines.delete(gone.id);
+            }
             await store.commands.complete(c.id, 'Succeeded', resultOf(c, sequences), null, t);
             if (c.type === 'replication.start' || c.type === 'replication.reverse') {
               const payload = c.payload as { itemId: string; resume?: boolean };
