@@ -283,4 +283,42 @@ describe('ReplicaStore', () => {
       await store.close();
     }
   });
+
+  test('the one gap accepted is a jump forward to a resync begin (a re-based stream)', async () => {
+    const d = dir();
+    const gen = new ChangeGenerator({ disks: DISKS, seed: 34, markerRate: 0 });
+    const store = await ReplicaStore.open(d, { disks: DISKS });
+    try {
+      await store.receive([...gen.next(5), gen.marker()]);
+      await assert.rejects(
+        store.receive([{ kind: 'resync', seq: 20, time: 1, phase: 'end' }]),
+        rejectsWith('SEQUENCE_GAP'),
+      );
+      await assert.rejects(
+        store.receive([{ kind: 'zero', seq: 20, time: 1, diskId: 'disk-1', offset: 0, length: 10 }]),
+        rejectsWith('SEQUENCE_GAP'),
+      );
+      await store.receive([
+        { kind: 'resync', seq: 20, time: 1, phase: 'begin' },
+        { kind: 'zero', seq: 21, time: 2, diskId: 'disk-1', offset: 0, length: 10 },
+      ]);
+      assert.equal(store.lastReceivedSeq(), 21);
+      await store.close();
+      const again = await ReplicaStore.open(d, { disks: DISKS });
+      try {
+        assert.equal(again.lastReceivedSeq(), 21, 'the pending log reopens across the gap');
+        await again.process();
+        assert.equal(again.status().resyncing, true);
+        assert.deepEqual(
+          again.points().map((p) => p.id),
+          ['p1'],
+        );
+      } finally {
+        await again.close();
+      }
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+  });
 });

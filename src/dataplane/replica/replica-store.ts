@@ -239,7 +239,8 @@ export class ReplicaStore implements ChangeSink {
   /**
    * Makes `changes` durable as pending and resolves once they are on stable storage (the transport acknowledges
    * only then). Changes with seq <= `lastReceivedSeq()` are ignored (a resend after a reconnect); the rest must
-   * continue the stream without a gap (`SEQUENCE_GAP`) and name known disks and ranges (`INVALID_CHANGE`).
+   * continue the stream without a gap (`SEQUENCE_GAP`) — save a jump forward to a `resync begin` (a re-based
+   * stream) — and name known disks and ranges (`INVALID_CHANGE`).
    * Nothing of a refused batch is kept.
    */
   receive(changes: readonly Change[]): Promise<void> {

@@ -4,7 +4,8 @@ import type { Change } from '../changes.js';
  * Where a `ReplicationReceiver` hands a group's stream (the replica store implements it).
  *
  * Contract: `receive` gets changes in strictly increasing `seq` with no gap, starting at
- * `lastReceivedSeq() + 1`; it resolves only once they are durable at the recovery site (received as pending is
+ * `lastReceivedSeq() + 1` — except a jump forward to a `resync begin` (a stream re-based after a lost resume
+ * position, `WriteJournal.rebase`); it resolves only once they are durable at the recovery site (received as pending is
  * enough) — only then is the sender acknowledged and may it free its journal. It is never called concurrently
  * for one group.
  */
