@@ -437,7 +437,7 @@ export class LifecycleService {
   }
 
   /** `replica.expose`: view + overlay at the point, served over NBD. */
-  expose(payload: unknown): Promise<ReplicaExposeResult> {
+  async expose(payload: unknown): Promise<ReplicaExposeResult> {
     const type = 'replica.expose';
     const o = fields(payload, type);
     const itemId = itemIdOf(o, type);
@@ -489,7 +489,7 @@ export class LifecycleService {
   }
 
   /** `replica.swapPoint`: the overlays move onto the view at another point (their writes are discarded). */
-  swapPoint(payload: unknown): Promise<ReplicaExposeResult> {
+  async swapPoint(payload: unknown): Promise<ReplicaExposeResult> {
     const type = 'replica.swapPoint';
     const o = fields(payload, type);
     const itemId = itemIdOf(o, type);
@@ -519,7 +519,7 @@ export class LifecycleService {
   }
 
   /** `replica.commit`: flatten view + overlay into the base, drop every other point; same addresses. */
-  commit(payload: unknown): Promise<ReplicaCommitResult> {
+  async commit(payload: unknown): Promise<ReplicaCommitResult> {
     const type = 'replica.commit';
     const o = fields(payload, type);
     const itemId = itemIdOf(o, type);
@@ -547,7 +547,7 @@ export class LifecycleService {
   }
 
   /** `replica.release`: drop the exposure (absent is success); `resumeReceiving` applies batches again. */
-  release(payload: unknown): Promise<unknown> {
+  async release(payload: unknown): Promise<unknown> {
     const type = 'replica.release';
     const o = fields(payload, type);
     const itemId = itemIdOf(o, type);
@@ -578,7 +578,7 @@ export class LifecycleService {
   }
 
   /** `replica.snapshot`: save the overlays' state under a name (once; a repeat answers the same). */
-  snapshot(payload: unknown): Promise<unknown> {
+  async snapshot(payload: unknown): Promise<unknown> {
     const type = 'replica.snapshot';
     const o = fields(payload, type);
     const itemId = itemIdOf(o, type);
@@ -602,7 +602,7 @@ export class LifecycleService {
   }
 
   /** `replica.revert`: restore the overlays to a named snapshot; NOT_FOUND when there is none. */
-  revert(payload: unknown): Promise<unknown> {
+  async revert(payload: unknown): Promise<unknown> {
     const type = 'replica.revert';
     const o = fields(payload, type);
     const itemId = itemIdOf(o, type);
@@ -630,7 +630,7 @@ export class LifecycleService {
   }
 
   /** `replication.drain` (source side): ship everything journaled and wait for its acknowledgement. */
-  drain(payload: unknown): Promise<ReplicationDrainResult> {
+  async drain(payload: unknown): Promise<ReplicationDrainResult> {
     const type = 'replication.drain';
     const o = fields(payload, type);
     const itemId = itemIdOf(o, type);

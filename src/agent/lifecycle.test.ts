@@ -1,0 +1,257 @@
+/**
+ * The lifecycle commands on a real replica store and real NBD: points, exposures (idempotent, surviving a
+ * restart at the same address), snapshot/revert, change point, commit, release, receiving stopped and resumed,
+ * and the refusals with their codes.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import type { Change } from '../dataplane/changes.js';
+import { NbdClient } from '../dataplane/nbd/client.js';
+import { OsrError } from '../domain/errors.js';
+import type { ReplicaExposeResult } from '../workflows/agent-commands.js';
+import { ensureTlsIdentity } from './data-dir.js';
+import type { AgentTlsIdentity } from './data-dir.js';
+import { LifecycleService } from './lifecycle.js';
+import { DataPlaneReplicationService } from './replication-dataplane.js';
+
+const MiB = 1024 * 1024;
+const ITEM = 'item-1';
+let dir: string;
+let identity: AgentTlsIdentity;
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'osr-lifecycle-'));
+  identity = await ensureTlsIdentity(join(dir, 'tls-home'), 'lifecycle-test');
+});
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+async function open(dataDir: string): Promise<{ svc: DataPlaneReplicationService; lc: LifecycleService }> {
+  const svc = new DataPlaneReplicationService({ dataDir, identity, dataAddress: '127.0.0.1:1' });
+  await svc.load();
+  const lc = new LifecycleService({ dataDir, dataPlane: svc });
+  await lc.load();
+  return { svc, lc };
+}
+
+async function close(x: { svc: DataPlaneReplicationService; lc: LifecycleService }): Promise<void> {
+  await x.lc.close();
+  await x.svc.close();
+}
+
+const fill = (byte: number, n = 4096): Buffer => Buffer.alloc(n, byte);
+
+/** Writes A, point 1, writes B, point 2 (seqs 1–4) into a fresh replica of ITEM. */
+async function prepared(
+  dataDir: string,
+): Promise<{ svc: DataPlaneReplicationService; lc: LifecycleService }> {
+  const x = await open(dataDir);
+  await x.svc.prepareReplica({
+    itemId: ITEM,
+    machine: { id: 'm1', name: 'web' },
+    disks: [{ id: 'disk0', sizeBytes: MiB }],
+    policy: {},
+  });
+  const store = x.svc.replicaStore(ITEM)!;
+  const t = Date.now();
+  const changes: Change[] = [
+    { kind: 'write', seq: 1, time: t, diskId: 'disk0', offset: 0, data: fill(0xaa) },
+    { kind: 'marker', seq: 2, time: t, markerType: 'crash-consistent', pointId: 'p1' },
+    { kind: 'write', seq: 3, time: t, diskId: 'disk0', offset: 0, data: fill(0xbb) },
+    { kind: 'marker', seq: 4, time: t, markerType: 'crash-consistent', pointId: 'p2' },
+  ];
+  await store.receive(changes);
+  await store.process();
+  return x;
+}
+
+async function nbd<T>(uri: string, fn: (c: NbdClient) => Promise<T>): Promise<T> {
+  const u = new URL(uri);
+  const c = await NbdClient.connect({
+    host: u.hostname,
+    port: Number(u.port),
+    exportName: u.pathname.slice(1),
+  });
+  try {
+    return await fn(c);
+  } finally {
+    await c.disconnect().catch(() => undefined);
+  }
+}
+
+const firstByte = (uri: string): Promise<number> => nbd(uri, async (c) => (await c.read(0, 4096))[0]!);
+
+async function rejectsWith(p: Promise<unknown>, code: string): Promise<void> {
+  await assert.rejects(p, (err: unknown) => err instanceof OsrError && err.code === code);
+}
+
+void test('points, exposure at a point, snapshot/revert, change point, restart at the same address, commit', async () => {
+  const dataDir = join(dir, 'a');
+  let x = await prepared(dataDir);
+  try {
+    // replica.point: Latest holds everything received; a repeat answers the same point.
+    const latest = await x.lc.point({ itemId: ITEM });
+    assert.ok(latest.sequence >= 4);
+    assert.deepEqual(await x.lc.point({ itemId: ITEM }), latest);
+
+    const payload = {
+      itemId: ITEM,
+      purpose: 'failover',
+      point: { sequence: 2, pointId: 'cp-1' },
+      disks: [{ id: 'disk0', sizeBytes: MiB }],
+      stopReceiving: true,
+    };
+    const exposed = await x.lc.expose(payload);
+    const uri = exposed.disks[0]!.nbdUri;
+    assert.equal(exposed.sequence, 2);
+    assert.deepEqual(await x.lc.expose(payload), exposed, 'a repeat answers the same exposure');
+    assert.equal(x.svc.replicaStore(ITEM)!.status().processorRunning, false, 'receiving stopped');
+    assert.equal(await firstByte(uri), 0xaa, 'the disk reads as at point 1');
+
+    // Writes go to the overlay, never to the replica's base.
+    await nbd(uri, async (c) => {
+      await c.write(0, fill(0x11));
+      await c.flush();
+    });
+    assert.equal(await firstByte(uri), 0x11);
+    assert.equal((await x.svc.replicaStore(ITEM)!.openBase('disk0').read(0, 1))[0], 0xbb);
+
+    // Snapshot, more writes, revert.
+    await x.lc.snapshot({ itemId: ITEM, purpose: 'failover', snapshot: 'pre-power-on' });
+    await nbd(uri, async (c) => {
+      await c.write(0, fill(0x22));
+      await c.flush();
+    });
+    await x.lc.revert({ itemId: ITEM, purpose: 'failover', snapshot: 'pre-power-on' });
+    assert.equal(await firstByte(uri), 0x11);
+    await rejectsWith(x.lc.revert({ itemId: ITEM, purpose: 'failover', snapshot: 'other' }), 'NOT_FOUND');
+
+    // Change point: the overlay starts afresh at point 2; the address stays.
+    const swapped: ReplicaExposeResult = await x.lc.swapPoint({
+      itemId: ITEM,
+      purpose: 'failover',
+      point: { sequence: 4, pointId: 'cp-2' },
+    });
+    assert.equal(swapped.disks[0]!.nbdUri, uri);
+    assert.equal(await firstByte(uri), 0xbb);
+    await nbd(uri, async (c) => {
+      await c.write(0, fill(0x33));
+      await c.flush();
+    });
+
+    // Restart: the exposure is served again at the same address with what was flushed.
+    await close(x);
+    x = await open(dataDir);
+    assert.ok(x.lc.backendFor({ itemId: ITEM, purpose: 'failover', diskId: 'disk0' }));
+    assert.equal(await firstByte(uri), 0x33);
+    assert.equal(x.svc.replicaStore(ITEM)!.status().processorRunning, false, 'still not receiving');
+
+    // Commit: the base is the failed-over disk, served at the same address; no point is left.
+    const committed = await x.lc.commit({ itemId: ITEM, purpose: 'failover' });
+    assert.equal(committed.disks[0]!.nbdUri, uri);
+    assert.deepEqual(await x.lc.commit({ itemId: ITEM, purpose: 'failover' }), committed);
+    assert.equal((await x.svc.replicaStore(ITEM)!.openBase('disk0').read(0, 1))[0], 0x33);
+    assert.equal(x.svc.replicaStore(ITEM)!.points().length, 0);
+    await nbd(uri, async (c) => {
+      await c.write(4096, fill(0x44));
+      await c.flush();
+    });
+    assert.equal((await x.svc.replicaStore(ITEM)!.openBase('disk0').read(4096, 1))[0], 0x44);
+    await rejectsWith(
+      x.lc.swapPoint({ itemId: ITEM, purpose: 'failover', point: { sequence: 2, pointId: null } }),
+      'OPERATION_NOT_ALLOWED',
+    );
+  } finally {
+    await close(x);
+  }
+});
+
+void test('a drill beside replication: release drops it, resume receiving, refusals with their codes', async () => {
+  const x = await prepared(join(dir, 'b'));
+  try {
+    const drill = await x.lc.expose({
+      itemId: ITEM,
+      purpose: 'test',
+      point: { sequence: 4, pointId: null },
+      disks: [{ id: 'disk0', sizeBytes: MiB }],
+      stopReceiving: false,
+    });
+    assert.equal(x.svc.replicaStore(ITEM)!.status().processorRunning, true, 'replication goes on');
+    const uri = drill.disks[0]!.nbdUri;
+    assert.equal(await firstByte(uri), 0xbb);
+    // A retried exposure at another point replaces it.
+    const again = await x.lc.expose({
+      itemId: ITEM,
+      purpose: 'test',
+      point: { sequence: 2, pointId: null },
+      disks: [{ id: 'disk0', sizeBytes: MiB }],
+      stopReceiving: false,
+    });
+    assert.equal(await firstByte(again.disks[0]!.nbdUri), 0xaa);
+    assert.deepEqual(await x.lc.release({ itemId: ITEM, purpose: 'test', resumeReceiving: false }), {
+      itemId: ITEM,
+      purpose: 'test',
+      released: true,
+    });
+    await assert.rejects(firstByte(again.disks[0]!.nbdUri));
+    assert.equal(x.lc.backendFor({ itemId: ITEM, purpose: 'test', diskId: 'disk0' }), undefined);
+    assert.equal(
+      (
+        (await x.lc.release({ itemId: ITEM, purpose: 'test', resumeReceiving: false })) as {
+          released: boolean;
+        }
+      ).released,
+      false,
+      'absent is success',
+    );
+
+    // Stop and resume receiving (a cancelled failover).
+    await x.lc.expose({
+      itemId: ITEM,
+      purpose: 'failover',
+      point: { sequence: 4, pointId: null },
+      disks: [{ id: 'disk0', sizeBytes: MiB }],
+      stopReceiving: true,
+    });
+    assert.equal(x.svc.replicaStore(ITEM)!.status().processorRunning, false);
+    await x.lc.release({ itemId: ITEM, purpose: 'failover', resumeReceiving: true });
+    assert.equal(x.svc.replicaStore(ITEM)!.status().processorRunning, true);
+
+    const base = {
+      itemId: ITEM,
+      purpose: 'test',
+      disks: [{ id: 'disk0', sizeBytes: MiB }],
+      stopReceiving: false,
+    };
+    await rejectsWith(x.lc.expose({ ...base, point: { sequence: 99, pointId: null } }), 'NO_RECOVERY_POINT');
+    await rejectsWith(
+      x.lc.expose({ ...base, itemId: 'other', point: { sequence: 2, pointId: null } }),
+      'NOT_FOUND',
+    );
+    await rejectsWith(
+      x.lc.expose({
+        ...base,
+        disks: [{ id: 'disk9', sizeBytes: MiB }],
+        point: { sequence: 2, pointId: null },
+      }),
+      'NOT_FOUND',
+    );
+    await rejectsWith(
+      x.lc.expose({ ...base, purpose: 'other', point: { sequence: 2, pointId: null } }),
+      'VALIDATION_FAILED',
+    );
+    await rejectsWith(x.lc.expose({ ...base, point: {} }), 'VALIDATION_FAILED');
+    await rejectsWith(x.lc.commit({ itemId: ITEM, purpose: 'failover' }), 'NOT_FOUND');
+    await rejectsWith(
+      x.lc.swapPoint({ itemId: ITEM, purpose: 'test', point: { sequence: 2, pointId: null } }),
+      'NOT_FOUND',
+    );
+    await rejectsWith(x.lc.point({ itemId: ITEM, minSequence: 50, timeoutMs: 100 }), 'REPLICATION_UNHEALTHY');
+    await rejectsWith(x.lc.point({ itemId: 'bad id!' }), 'VALIDATION_FAILED');
+    await rejectsWith(x.lc.drain({ itemId: ITEM, timeoutMs: 100 }), 'NOT_FOUND');
+  } finally {
+    await close(x);
+  }
+});
