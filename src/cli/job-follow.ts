@@ -87,7 +87,11 @@ export function reportSettledJob(out: Output, job: Job): number {
   out.line(`Job ${job.id} (${job.displayName}) ${job.state} after ${took}`);
   if (job.state === 'WaitingForAction' && job.waiting) {
     out.line(`Waiting for: ${job.waiting.name} — ${job.waiting.prompt}`);
-    out.line(`Resume it with: osr job resume ${job.id} --comment TEXT`);
+    if (job.type === 'TestFailover' && job.waiting.name === 'complete-test') {
+      out.line(`Complete the test with: osr test-cleanup ${job.targetName} --notes TEXT`);
+    } else {
+      out.line(`Resume it with: osr job resume ${job.id} --comment TEXT`);
+    }
   }
   const error = job.error ?? job.steps.find((s) => s.error !== null)?.error ?? null;
   if (error) for (const l of formatJobError(error)) out.line(l);

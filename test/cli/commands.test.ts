@@ -433,6 +433,7 @@ void test('the failover lifecycle from the CLI: drill, failover, change point, c
     assert.match(badNet.stderr, /^osr: network 'nowhere' does not exist .*\(VALIDATION_FAILED\)$/m);
     const drill = await waited(['failover', 'db', '--type', 'test', '--network', 'none']);
     assert.match(drill, /Waiting for: complete-test/);
+    assert.match(drill, /^Complete the test with: osr test-cleanup db --notes TEXT$/m);
     const testing = await show();
     assert.equal(testing.testFailoverState, 'WaitingForCleanup');
     assert.equal(testing.testFailover?.machine?.name, 'db-test');
