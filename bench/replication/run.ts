@@ -13,7 +13,8 @@
  * (d) view read throughput with about an hour of 5-minute points vs the base (`view-read.js`) — target >= 0.5x.
  *
  * `npm run bench:replication` (after `npm run build`). Options: `--churn-s 20`, `--copy-gib 2`, `--skip a,b,c,d`,
- * `--compress off` (the initial copy's batches travel uncompressed), `--profile FILE` (CPU profile of the timed
+ * `--compress off` (the initial copy's batches travel uncompressed), `--batch-mib 8` (batch size of the copy),
+ * `--direct-apply off` (the replica takes the copy through its pending and undo logs), `--profile FILE` (CPU profile of the timed
  * part of (b), for `chrome://inspect` or any `.cpuprofile` viewer).
  * Needs fio, nbdcopy and nbdkit on PATH.
  */
@@ -224,7 +225,12 @@ async function initialCopy(): Promise<void> {
     disks: [{ id: 'os', sizeBytes: copyBytes }],
     ...identities,
     journal: { segmentBytes: 64 * MiB, capBytes: 2 * GiB },
-    sender: { maxInFlightBytes: 64 * MiB, batchBytes: 8 * MiB, compress: arg('compress', 'on') !== 'off' },
+    sender: {
+      maxInFlightBytes: 64 * MiB,
+      batchBytes: Number(arg('batch-mib', '8')) * MiB,
+      compress: arg('compress', 'on') !== 'off',
+    },
+    store: { directApply: arg('direct-apply', 'on') !== 'off' },
   });
   dropCaches();
   const t1 = performance.now();
