@@ -360,7 +360,13 @@ export class DataPlaneReplicationService implements ReplicationService {
     const replicas = await readJsonDir<ReplicaRecord>(join(this.#o.dataDir, 'replicas'), (n) =>
       join(n, 'replica.json'),
     );
-    for (const r of replicas) {
+    for (const raw of replicas) {
+      // A folder written by an older agent may lack fields: read it with the same defaults as a payload.
+      const r: ReplicaRecord = {
+        ...raw,
+        policy: parsePolicy(raw.policy),
+        peerCertificatePem: typeof raw.peerCertificatePem === 'string' ? raw.peerCertificatePem : null,
+      };
       try {
         this.#replicas.set(r.itemId, await this.#openReplica(r));
       } catch (err) {
