@@ -122,3 +122,74 @@ void test(
     });
   },
 );
+
+void test(
+  'unplanned failover, commit, reprotect to an alternate location copies everything to a new machine, failback returns every record',
+  { timeout: 400_000 },
+  async () => {
+    const w = await startWorld();
+    worlds.push(w);
+    const s = await startSites(w, ['--point-interval', '1500']);
+    recorders.push(s.recorder);
+    await withOutput({ 'primary agent': s.primary, 'recovery agent': s.recovery }, async () => {
+      const itemId = await protectWeb(w);
+      await waitProtected(w, itemId);
+      // The failed-over machine is named web-dr (R-NET-5), so the alternate location's new machine is too.
+      const settings = await w.api('PATCH', `/vaults/default/items/${itemId}/settings`, {
+        targetName: 'web-dr',
+      });
+      assert.equal(settings.status, 200, JSON.stringify(settings.body));
+      await waitUntil('a crash-consistent point', async () => (await pointsOf(w, itemId)).length > 0);
+      await waitJob(w, await operate(w, itemId, 'unplanned-failover', { shutdownSource: true }), [
+        'Succeeded',
+      ]);
+      await waitJob(w, await operate(w, itemId, 'commit', {}), ['Succeeded']);
+      const before = (await ledgerStatusOf(s.recoveryData, 'web-dr')).count;
+      await waitUntil(
+        'the failed-over machine to append',
+        async () => (await ledgerStatusOf(s.recoveryData, 'web-dr')).count > before + 5,
+      );
+
+      // ── reprotect to a new machine on host2 ──
+      const preview = await waitUntil('a reprotect preview', async () => {
+        const r = await w.api<{ machine?: string; host?: string; creates?: { label: string }[] }>(
+          'POST',
+          `/vaults/default/items/${itemId}/reprotect`,
+          { location: 'alternate', host: 'host2', datastore: 'datastore1', preview: true },
+        );
+        return r.status === 200 ? r.body : undefined;
+      });
+      assert.equal(preview.host, 'host2');
+      assert.ok(preview.creates?.some((c) => c.label.endsWith('(new)')));
+      const newMachine = preview.machine ?? '';
+      assert.equal(newMachine, 'web-dr');
+      const rp = await operate(w, itemId, 'reprotect', {
+        location: 'alternate',
+        host: 'host2',
+        datastore: 'datastore1',
+      });
+      await waitJob(w, rp, ['Succeeded'], 180_000);
+      await waitProtected(w, itemId);
+      const config = JSON.parse(
+        readFileSync(join(s.primaryDir, 'machines', newMachine, 'machine.json'), 'utf8'),
+      ) as { host: string };
+      assert.equal(config.host, 'host2');
+      const sourceState = JSON.parse(
+        readFileSync(join(s.recoveryData, 'replication', itemId, 'source.json'), 'utf8'),
+      ) as { copy: { state: string; totalBytes: number }; lastResync?: unknown };
+      assert.equal(sourceState.copy.state, 'done');
+      assert.equal(sourceState.lastResync, undefined, 'a full copy, no hash comparison');
+
+      // ── failback onto the new machine ──
+      await waitJob(w, await operate(w, itemId, 'planned-failover', {}), ['Succeeded'], 180_000);
+      const recoveryDisk = await openReadableDisk(replicaImage(s, itemId, 'disk0'));
+      const atShutdown = await checkLedger(recoveryDisk).finally(() => recoveryDisk.close());
+      assert.ok(atShutdown.ok);
+      const back = await waitUntil('the ledger on the new machine', () =>
+        ledgerStatusOf(s.primaryData, newMachine),
+      );
+      assert.equal(back.lastCheck.records, atShutdown.records, 'failback returns every record');
+      await waitJob(w, await operate(w, itemId, 'commit', {}), ['Succeeded']);
+    });
+  },
+);

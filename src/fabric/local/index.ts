@@ -97,7 +97,8 @@ export type LocalMachineCreateSpec = Omit<MachineCreateSpec, 'disks' | 'nics'> &
 };
 
 /**
- * The command a process-runtime machine brought up from a replica runs when the spec names none: the ledger
+ * The command a process-runtime machine brought up from a replica (disks on an exposure, or created by a failover
+ * or reprotect) runs when the spec names none: the ledger
  * workload, continuing the ledger on its first disk (the local fabric's stand-in for the operating system the
  * disk of a real machine would boot).
  */
@@ -817,7 +818,10 @@ export class LocalFabric implements FabricDriver {
           origin: spec.origin ?? 'manual',
           ...(spec.command !== undefined
             ? { command: spec.command }
-            : (spec.runtime ?? 'process') === 'process' && spec.disks.some((d) => d.exposure !== undefined)
+            : (spec.runtime ?? 'process') === 'process' &&
+                (spec.disks.some((d) => d.exposure !== undefined) ||
+                  spec.origin === 'failover' ||
+                  spec.origin === 'test-failover')
               ? { command: REPLICA_MACHINE_COMMAND }
               : {}),
         },
