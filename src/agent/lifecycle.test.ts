@@ -251,6 +251,12 @@ void test('a drill beside replication: release drops it, resume receiving, refus
     await rejectsWith(x.lc.point({ itemId: ITEM, minSequence: 50, timeoutMs: 100 }), 'REPLICATION_UNHEALTHY');
     await rejectsWith(x.lc.point({ itemId: 'bad id!' }), 'VALIDATION_FAILED');
     await rejectsWith(x.lc.drain({ itemId: ITEM, timeoutMs: 100 }), 'NOT_FOUND');
+
+    // Deleting the replica drops its exposures first.
+    const last = await x.lc.expose({ ...base, point: { sequence: 4, pointId: null } });
+    await x.lc.deleteReplica({ itemId: ITEM });
+    await assert.rejects(firstByte(last.disks[0]!.nbdUri));
+    assert.equal(x.svc.replicaStore(ITEM), undefined);
   } finally {
     await close(x);
   }

@@ -49,6 +49,7 @@ export interface LifecycleDataPlane {
   prepareReplica(p: ReplicaPreparePayload): Promise<unknown>;
   startReplication(p: ReplicationStartPayload): Promise<unknown>;
   stopReplication(p: { itemId: string }): Promise<unknown>;
+  deleteReplica(p: { itemId: string }): Promise<unknown>;
 }
 
 /** What reprotect needs from the fabric: the original machine's disks, to seed the reverse replica. */
@@ -720,6 +721,20 @@ export class LifecycleService {
     return { mode };
   }
 
+  /** `replica.delete`: the item's exposures go first (they read the replica), then the replica. */
+  async deleteReplica(payload: unknown): Promise<unknown> {
+    const type = 'replica.delete';
+    const itemId = itemIdOf(fields(payload, type), type);
+    return this.#locked(itemId, async () => {
+      for (const purpose of PURPOSES) {
+        const e = this.#exposures.get(`${itemId}/${purpose}`);
+        if (e !== undefined) await this.#drop(e);
+      }
+      await rm(join(this.#o.dataDir, 'exposures', itemId), { recursive: true, force: true });
+      return this.#o.dataPlane.deleteReplica({ itemId });
+    });
+  }
+
   /** The command handlers of the lifecycle (merged into the agent's). */
   handlers(): Record<string, CommandHandler> {
     return {
@@ -733,6 +748,7 @@ export class LifecycleService {
       'replication.drain': (p) => this.drain(p),
       'replication.reverse': (p) => this.reverse(p),
       'replica.prepare': (p) => this.prepare(p),
+      'replica.delete': (p) => this.deleteReplica(p),
     };
   }
 
