@@ -236,3 +236,46 @@ test('a re-based journal reopens at its base seq with the resync begin and every
     t.remove();
   }
 });
+
+test('a re-base in the middle of a stream of writes, flushes and FUA writes drops what is unwritten and goes on', async () => {
+  const t = tempDir('osr-rebase-busy-');
+  try {
+    const disks = [{ id: 'os', sizeBytes: 4 * MiB }];
+    const dir = join(t.dir, 'journal');
+    const j = WriteJournal.open(dir, disks, { segmentBytes: 64 * KiB });
+    const disk = j.attach('os', new MemoryBackend(4 * MiB));
+    const rnd = mulberry32(45);
+    let stop = false;
+    let done = 0;
+    // Four writers with FUA and flushes, as NBD clients with requests in flight.
+    const writers = Array.from({ length: 4 }, async (_, w) => {
+      for (let i = 0; !stop; i++) {
+        const off = Math.floor(rnd() * (4 * MiB - 8 * KiB));
+        await disk.write(off, randomBytes(rnd, 1 + Math.floor(rnd() * 8 * KiB)), { fua: i % 7 === w });
+        if (i % 11 === 0) await disk.flush();
+        done++;
+      }
+    });
+    await waitFor(() => done > 200, 'the writers to get going');
+    const base = await j.rebase(3);
+    const at = done;
+    await waitFor(() => done > at + 200, 'the writers to go on after the re-base');
+    stop = true;
+    await Promise.all(writers);
+    assert.equal(j.firstSeq, base);
+    const entries = await j.read(base, 64 * MiB);
+    assert.equal(entries[0]!.kind, 'resync', 'the new stretch starts with the resync begin');
+    entries.forEach((e, i) => assert.equal(e.seq, base + i));
+    assert.ok(entries.length > 1, 'writes after the re-base are journaled');
+    await j.close();
+    const again = WriteJournal.open(dir, disks);
+    try {
+      assert.equal(again.firstSeq, base);
+      assert.equal(again.mode, 'resync');
+    } finally {
+      await again.close();
+    }
+  } finally {
+    t.remove();
+  }
+});

@@ -88,6 +88,8 @@ interface Pending {
   readonly seq: number;
   buf: Buffer | null;
   readonly time: number;
+  /** Dropped by a re-base before it was written: filling it stores nothing. */
+  dropped?: boolean;
 }
 
 interface Waiter {
@@ -359,6 +361,8 @@ export class WriteJournal {
     const put = (entry: JournalEntry): Promise<void> => {
       if (used) return Promise.reject(new Error(`slot ${seq} is already filled`));
       used = true;
+      // A re-base dropped the slot: its block is covered by the resync.
+      if (slot.dropped) return Promise.resolve();
       slot.buf = encodeRecord(entry);
       this.pendingBytes += slot.buf.length;
       this.scheduleWrite();
@@ -507,40 +511,48 @@ export class WriteJournal {
    */
   async rebase(aboveSeq: number): Promise<number> {
     if (!Number.isSafeInteger(aboveSeq) || aboveSeq < 0) throw new RangeError(`bad resume seq ${aboveSeq}`);
-    // Quiet the files: nothing pending, no write, sync or rotation in flight (their fd is about to close).
-    for (;;) {
+    this.assertUsable();
+    // Take the writer's role, so no write loop runs and no sync restarts behind us, and let a running sync finish
+    // (its loop stops at `rotating`): the active segment's fd is about to close.
+    while (this.writing) await new Promise<void>((r) => setImmediate(r));
+    this.assertUsable();
+    this.writing = true;
+    this.rotating = true;
+    let baseSeq: number;
+    try {
+      if (this.syncing) await this.syncing;
       this.assertUsable();
-      if (
-        !this.writing &&
-        !this.writeScheduled &&
-        !this.syncing &&
-        !this.rotating &&
-        this.pending.length === 0
-      )
-        break;
-      await this.flush().catch(() => undefined);
-      await new Promise<void>((r) => setImmediate(r));
+      // From here on synchronous. Records not yet written (writes keep coming) are dropped with the stored ones:
+      // their bytes are on the disks, every block of which the resync compares.
+      baseSeq = Math.max(aboveSeq, this.nextSeq - 1) + 1;
+      for (const p of this.pending) p.dropped = true;
+      this.pending.length = 0;
+      this.pendingBytes = 0;
+      this.ensureBitmaps();
+      for (const m of this.dirty.values()) m.markAll();
+      this.dirtyState = 'resync';
+      writeDirtyFile(join(this.dir, DIRTY_FILE), 'resync', this.dirty);
+      // Oldest first, so a crash part way leaves a contiguous run of segments (or none); open then starts
+      // wherever it finds itself and the sender re-bases again.
+      for (const seg of this.segments) fs.rmSync(seg.path, { force: true });
+      fs.closeSync(this.activeFd);
+      fsyncDir(this.dir);
+      const path = segmentPath(this.dir, baseSeq);
+      this.activeFd = fs.openSync(path, 'w+');
+      fsyncDir(this.dir);
+      this.segments.length = 0;
+      this.segments.push({ firstSeq: baseSeq, path, size: 0, positions: [], times: [] });
+      this.stored = 0;
+      this.nextSeq = baseSeq;
+      this.written = baseSeq - 1;
+      this.durable = baseSeq - 1;
+      // Whoever waited for a dropped record is answered: its bytes are on the disk and will be resynced.
+      settle(this.writeWaiters, this.written);
+      settle(this.syncWaiters, this.durable);
+    } finally {
+      this.rotating = false;
+      this.writing = false;
     }
-    // From here on synchronous: no other journal code runs until the new segment is in place.
-    const baseSeq = Math.max(aboveSeq, this.nextSeq - 1) + 1;
-    this.ensureBitmaps();
-    for (const m of this.dirty.values()) m.markAll();
-    this.dirtyState = 'resync';
-    writeDirtyFile(join(this.dir, DIRTY_FILE), 'resync', this.dirty);
-    // Oldest first, so a crash part way leaves a contiguous run of segments (or none); open then starts wherever
-    // it finds itself and the sender re-bases again.
-    for (const seg of this.segments) fs.rmSync(seg.path, { force: true });
-    fs.closeSync(this.activeFd);
-    fsyncDir(this.dir);
-    const path = segmentPath(this.dir, baseSeq);
-    this.activeFd = fs.openSync(path, 'w+');
-    fsyncDir(this.dir);
-    this.segments.length = 0;
-    this.segments.push({ firstSeq: baseSeq, path, size: 0, positions: [], times: [] });
-    this.stored = 0;
-    this.nextSeq = baseSeq;
-    this.written = baseSeq - 1;
-    this.durable = baseSeq - 1;
     this.enqueue({ kind: 'resync', seq: this.nextSeq++, time: this.clock(), phase: 'begin' });
     await this.waitDurable(baseSeq);
     this.notifyProgress();
