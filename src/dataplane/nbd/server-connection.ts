@@ -27,7 +27,7 @@ const DIRECT_READ_MIN = 32 * 1024;
 const REPLY_SLAB_SIZE = 256 * 1024;
 /** READ replies up to this size are cut from the reply slab. */
 const REPLY_SLAB_MAX = 64 * 1024 + 64;
-/** Spare payload/reply buffers kept per connection: only large ones, at most this many and this many bytes. */
+/** Spare payload buffers kept per connection: only large ones, at most this many and this many bytes. */
 const SPARE_MIN = 64 * 1024;
 const SPARE_MAX_COUNT = 8;
 const SPARE_MAX_BYTES = 16 * 1024 * 1024;
@@ -176,7 +176,7 @@ export class NbdConnection {
   private replySlabPos = 0;
 
   private replyBuffer(n: number): Buffer {
-    if (n > REPLY_SLAB_MAX) return this.payloadBuffer(n);
+    if (n > REPLY_SLAB_MAX) return Buffer.allocUnsafe(n);
     if (!this.replySlab || this.replySlab.length - this.replySlabPos < n) {
       this.replySlab = Buffer.allocUnsafe(REPLY_SLAB_SIZE);
       this.replySlabPos = 0;
@@ -710,7 +710,7 @@ export class NbdConnection {
         8 + r.length,
       );
       P.writeU64(b, r.offset, P.NBD_STRUCTURED_HEADER_SIZE);
-      return this.send(b, b.length > REPLY_SLAB_MAX);
+      return this.send(b);
     }
     const head = P.NBD_SIMPLE_REPLY_SIZE;
     const b = this.replyBuffer(head + r.length);
@@ -718,7 +718,7 @@ export class NbdConnection {
     b.writeUInt32BE(P.NBD_SIMPLE_REPLY_MAGIC, 0);
     b.writeUInt32BE(0, 4);
     r.cookie.copy(b, 8, 0, 8);
-    this.send(b, b.length > REPLY_SLAB_MAX);
+    this.send(b);
   }
 
   private blockStatus(r: Request, extents: Extent[]): void {
@@ -767,7 +767,7 @@ export class NbdConnection {
    * check phase, right after the I/O callbacks of this turn (`OSR_NBD_REPLY_FLUSH=tick` flushes after each
    * callback instead).
    */
-  private send(b: Buffer, reusable = false): void {
+  private send(b: Buffer): void {
     if (this.phase === 'closed') return;
     if (!this.corked) {
       this.corked = true;
@@ -775,14 +775,7 @@ export class NbdConnection {
       if (REPLY_FLUSH_IMMEDIATE) setImmediate(this.uncork);
       else process.nextTick(this.uncork);
     }
-    // A large reply buffer is ours alone; once the socket has written it, a later READ may reuse it.
-    if (reusable) {
-      this.socket.write(b, (err) => {
-        if (!err) this.releasePayload(b);
-      });
-    } else {
-      this.socket.write(b);
-    }
+    this.socket.write(b);
   }
 
   private maybeResume(): void {

@@ -547,7 +547,7 @@ describe('NbdServer payload buffer reuse', () => {
   });
 });
 
-describe('NbdServer reply buffer reuse', () => {
+describe('NbdServer large READ replies', () => {
   test('large READ replies queued behind a client that is not reading are never overwritten by later reads', async (t) => {
     const { port, disk } = await serve(t, { maxInFlight: 4 });
     const size = MiB + 512;
@@ -566,14 +566,14 @@ describe('NbdServer reply buffer reuse', () => {
       const h = await p.read(16);
       assert.equal(h.readUInt32BE(4), 0);
       const i = Number(h.readBigUInt64BE(8));
-      assert.ok(!seen.has(i), `reply ${i} arrived twice (its buffer was reused while queued)`);
+      assert.ok(!seen.has(i), `reply ${i} arrived twice (its buffer was rewritten while queued)`);
       seen.add(i);
       assert.ok((await p.read(size)).equals(blocks[i]!), `reply ${i} was overwritten`);
     }
   });
 
   for (const structured of [true, false]) {
-    test(`large READ replies (${structured ? 'structured' : 'simple'}) reuse buffers only after the socket wrote them`, async (t) => {
+    test(`pipelined large READ replies (${structured ? 'structured' : 'simple'}) carry exactly the bytes asked for`, async (t) => {
       const { opts, disk } = await serve(t);
       const blocks = Array.from({ length: 24 }, () => crypto.randomBytes(MiB + 512));
       for (const [i, b] of blocks.entries()) await disk.write(i * 2 * MiB, b);
