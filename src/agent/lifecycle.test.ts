@@ -11,6 +11,8 @@ import * as assert from 'node:assert/strict';
 import type { Change } from '../dataplane/changes.js';
 import { NbdClient } from '../dataplane/nbd/client.js';
 import { OsrError } from '../domain/errors.js';
+import { LocalFabric, writeDemoSite } from '../fabric/local/index.js';
+import type { LocalMachineCreateSpec } from '../fabric/local/index.js';
 import type { ReplicaExposeResult } from '../workflows/agent-commands.js';
 import { ensureTlsIdentity } from './data-dir.js';
 import type { AgentTlsIdentity } from './data-dir.js';
@@ -258,6 +260,81 @@ void test('a drill beside replication: release drops it, resume receiving, refus
     await assert.rejects(firstByte(last.disks[0]!.nbdUri));
     assert.equal(x.svc.replicaStore(ITEM), undefined);
   } finally {
+    await close(x);
+  }
+});
+
+void test('a machine of the local fabric runs on an exposure: its writes reach the overlay; a running machine keeps its exposure', async () => {
+  const dataDir = join(dir, 'c');
+  const x = await prepared(dataDir);
+  const siteDir = join(dir, 'site-c');
+  await writeDemoSite(siteDir, { kind: 'onprem', octet: 3 });
+  const fabric = await LocalFabric.open({
+    siteDir,
+    stateDir: join(dataDir, 'fabric'),
+    exposureBackend: (ref) => x.lc.backendFor(ref),
+    shutdownTimeoutMs: 2000,
+  });
+  x.lc.bindFabric(fabric);
+  try {
+    const payload = {
+      itemId: ITEM,
+      purpose: 'test',
+      point: { sequence: 2, pointId: null },
+      disks: [{ id: 'disk0', sizeBytes: MiB }],
+      stopReceiving: false,
+    };
+    const exposed = await x.lc.expose(payload);
+    // The machine writes one byte pattern through its own disk address (OSR_DISK_DISK0) and stays up.
+    const client = JSON.stringify(new URL('../dataplane/nbd/client.js', import.meta.url).href);
+    const script =
+      `const {NbdClient}=await import(${client});const u=new URL(process.env.OSR_DISK_DISK0);` +
+      'const c=await NbdClient.connect({host:u.hostname,port:Number(u.port),exportName:u.pathname.slice(1)});' +
+      'await c.write(0,Buffer.alloc(4096,0x5a));await c.flush();await c.disconnect();setInterval(()=>{},1000);';
+    const spec: LocalMachineCreateSpec = {
+      name: 'web-test',
+      host: 'host1',
+      cpus: 1,
+      memoryMb: 64,
+      osType: 'linux',
+      command: [process.execPath, '--input-type=module', '-e', script],
+      disks: [
+        {
+          id: 'disk0',
+          datastore: 'datastore1',
+          sizeBytes: MiB,
+          exposure: { itemId: ITEM, purpose: 'test', diskId: 'disk0' },
+        },
+      ],
+      nics: [{ network: null, subnet: null, ip: null, isolated: true }],
+      origin: 'test-failover',
+    };
+    const m = await fabric.createMachine(spec);
+    assert.equal(m.disks[0]!.nbdUri?.startsWith('nbd://'), true);
+    await fabric.powerOn('web-test');
+    const deadline = Date.now() + 20_000;
+    while ((await firstByte(exposed.disks[0]!.nbdUri)) !== 0x5a) {
+      assert.ok(Date.now() < deadline, 'the machine wrote through its exposure-backed disk');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(
+      (await x.svc.replicaStore(ITEM)!.openBase('disk0').read(0, 1))[0],
+      0xbb,
+      'the base is untouched',
+    );
+    assert.deepEqual(fabric.runningOnExposure(ITEM, 'test'), ['web-test']);
+    await rejectsWith(x.lc.expose({ ...payload, point: { sequence: 4, pointId: null } }), 'IN_USE');
+    await fabric.powerOff('web-test');
+    const replaced = await x.lc.expose({ ...payload, point: { sequence: 4, pointId: null } });
+    assert.equal(await firstByte(replaced.disks[0]!.nbdUri), 0xbb);
+    await fabric.deleteMachine('web-test', { deleteDisks: true });
+    assert.equal(
+      await firstByte(replaced.disks[0]!.nbdUri),
+      0xbb,
+      'deleting the machine leaves the exposure',
+    );
+  } finally {
+    await fabric.close();
     await close(x);
   }
 });

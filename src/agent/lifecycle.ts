@@ -454,7 +454,15 @@ export class LifecycleService {
           if (stopReceiving) await this.#o.dataPlane.setReceiving(itemId, false);
           return this.#result(existing);
         }
-        // A retried failover at another point: the earlier exposure goes (its machine is not running).
+        // A retried failover at another point: the earlier exposure goes, unless a machine runs on it.
+        const users = this.#runningOn(itemId, purpose);
+        if (users.length > 0) {
+          throw new OsrError(
+            'IN_USE',
+            `the ${purpose} exposure of item '${itemId}' is at sequence ${existing.record.sequence} and machine(s) ${users.join(', ')} run on it; power them off first`,
+            { details: { itemId, purpose, sequence: existing.record.sequence, machines: users } },
+          );
+        }
         await this.#drop(existing);
       }
       const point = await this.#pointAt(store, itemId, sequence);
@@ -477,6 +485,13 @@ export class LifecycleService {
       this.#o.log?.info({ itemId, purpose, sequence, port: e.record.port }, 'replica exposed');
       return this.#result(e);
     });
+  }
+
+  /** Running machines on the exposure, when the fabric can tell (the local fabric can). */
+  #runningOn(itemId: string, purpose: ExposurePurpose): string[] {
+    const f = this.#fabric as
+      Partial<{ runningOnExposure(itemId: string, purpose: string): string[] }> | undefined;
+    return typeof f?.runningOnExposure === 'function' ? f.runningOnExposure(itemId, purpose) : [];
   }
 
   #held(itemId: string, purpose: ExposurePurpose): Exposure {

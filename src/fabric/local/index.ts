@@ -943,6 +943,17 @@ export class LocalFabric implements FabricDriver {
     d.observer.set(observer);
   }
 
+  /** Names of the running machines that have a disk on the item's exposure of `purpose`. */
+  runningOnExposure(itemId: string, purpose: string): string[] {
+    return [...this.#entries.values()]
+      .filter(
+        (e) =>
+          e.proc?.alive === true &&
+          e.config.disks.some((d) => d.exposure?.itemId === itemId && d.exposure.purpose === purpose),
+      )
+      .map((e) => e.config.name);
+  }
+
   /**
    * The served (journaled) backend of a disk: initial copy and resync read it in write order
    * (`ObservedBackend.readInOrder`). NOT_FOUND when the machine or disk is not served.
