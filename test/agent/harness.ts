@@ -464,18 +464,38 @@ export async function itemOf(w: World, itemId: string): Promise<ItemDetail> {
   return (await w.api<ItemDetail>('GET', `/vaults/default/items/${itemId}`)).body;
 }
 
+/** Freezes or thaws the ledger of a machine of the agent with data folder `agentData`. */
+export async function quiesceLedger(
+  agentData: string,
+  machine: string,
+  op: 'freeze' | 'thaw',
+): Promise<void> {
+  const port = machineRuntime(agentData, machine).httpPort;
+  if (port === undefined) throw new Error(`${machine} has no status port`);
+  const r = await fetch(`http://127.0.0.1:${port}/${op}`, { method: 'POST' });
+  if (!r.ok) throw new Error(`${op} of ${machine}'s ledger answered ${r.status}`);
+}
+
 /**
  * The ledger a disk holds: copied with qemu-img into a file of the world's temp folder and checked there.
- * Throws on a broken ledger.
+ * The writer (`writer`: the machine's agent data folder and name) is frozen during the copy: qemu-img
+ * reads ranges concurrently and at different moments, so a copy of a disk being appended to is not a
+ * point-in-time image and may show a later record without an earlier one. Throws on a broken ledger.
  */
 export async function ledgerOnDisk(
   w: World,
   uri: string,
   name: string,
+  writer: { agentData: string; machine: string },
 ): Promise<{ records: number; file: string }> {
   const { checkLedger, openReadableDisk } = await import('../../src/workload/ledger.js');
   const file = join(w.tmp, `${name}-${Date.now()}.img`);
-  await qemuCopy(uri, file);
+  await quiesceLedger(writer.agentData, writer.machine, 'freeze');
+  try {
+    await qemuCopy(uri, file);
+  } finally {
+    await quiesceLedger(writer.agentData, writer.machine, 'thaw');
+  }
   const disk = await openReadableDisk(file);
   try {
     const check = await checkLedger(disk);

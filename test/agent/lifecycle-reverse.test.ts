@@ -81,7 +81,10 @@ void test(
         async () => (await ledgerStatusOf(s.recoveryData, 'web')).count > atShutdown.records + 5,
       );
       const foUri = (await itemOf(w, itemId)).disks.find((d) => d.id === 'disk0')?.nbdUri ?? '';
-      const committed = await ledgerOnDisk(w, foUri, 'committed');
+      const committed = await ledgerOnDisk(w, foUri, 'committed', {
+        agentData: s.recoveryData,
+        machine: 'web',
+      });
       assert.ok(committed.records > atShutdown.records);
 
       // ── reprotect to the original location: the recovery site's machine replicates back, only changed blocks ──

@@ -113,7 +113,10 @@ void test(
       assert.ok(atStart.lastCheck.ok);
       const atPoint = atStart.lastCheck.records;
       assert.ok(atPoint > 0 && atPoint <= sourceCountAfterPoint, `${atPoint} records at the point`);
-      const drillDisk = await ledgerOnDisk(w, ledgerUri, 'drill');
+      const drillDisk = await ledgerOnDisk(w, ledgerUri, 'drill', {
+        agentData: s.recoveryData,
+        machine: testMachine,
+      });
       assert.ok(drillDisk.records >= atPoint);
       assert.ok(
         readRange(drillDisk.file, 0, atPoint * 512).equals(
@@ -144,7 +147,10 @@ void test(
         async () => (await ledgerStatusOf(s.recoveryData, testMachine)).count > countAtKill + 3,
         60_000,
       );
-      const afterRestart = await ledgerOnDisk(w, ledgerUri, 'drill-after-restart');
+      const afterRestart = await ledgerOnDisk(w, ledgerUri, 'drill-after-restart', {
+        agentData: s.recoveryData,
+        machine: testMachine,
+      });
       assert.ok(afterRestart.records > atPoint);
 
       // ── complete the test: cleanup removes the machine and the exposure ──
@@ -202,7 +208,10 @@ void test(
       );
       const foUri = (await itemOf(w, itemId)).disks.find((d) => d.id === 'disk0')?.nbdUri ?? '';
       assert.match(foUri, /^nbd:\/\//, 'the failed-over disk has an address');
-      const committed = await ledgerOnDisk(w, foUri, 'committed');
+      const committed = await ledgerOnDisk(w, foUri, 'committed', {
+        agentData: s.recoveryData,
+        machine: foMachine,
+      });
       assert.ok(committed.records > atPoint);
       assert.ok(
         readRange(committed.file, 0, atPoint * 512).equals(
