@@ -15,6 +15,10 @@
  * Every process and the temp folder are removed at the end, also on failure.
  *
  *   node dist/bench/rto/run.js [--single N] [--group N] [--disk-mib N] [--baseline-reps N] [--run-ms N]
+ *                              [--shutdown-source 1|0]
+ *
+ * `--shutdown-source 0` leaves the primary machines running through the failover (they are powered off only
+ * before the reprotect), as when the primary site is unreachable.
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
@@ -42,23 +46,26 @@ interface Args {
   diskMib: number;
   baselineReps: number;
   runMs: number;
+  /** Unplanned failover with `shutdownSource` (1) or with the source left running (0). */
+  shutdownSource: number;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { single: 3, group: 10, diskMib: 32, baselineReps: 5, runMs: 3000 };
+  const args: Args = { single: 3, group: 10, diskMib: 32, baselineReps: 5, runMs: 3000, shutdownSource: 1 };
   const flags: Record<string, keyof Args> = {
     '--single': 'single',
     '--group': 'group',
     '--disk-mib': 'diskMib',
     '--baseline-reps': 'baselineReps',
     '--run-ms': 'runMs',
+    '--shutdown-source': 'shutdownSource',
   };
   for (let i = 0; i < argv.length; i += 2) {
     const flag = argv[i] ?? '';
     const key = flags[flag];
     const value = Number(argv[i + 1]);
     if (key === undefined) throw new Error(`unknown flag ${flag} (known: ${Object.keys(flags).join(', ')})`);
-    if (!Number.isInteger(value) || value < (key === 'runMs' ? 0 : 1)) {
+    if (!Number.isInteger(value) || value < (key === 'runMs' || key === 'shutdownSource' ? 0 : 1)) {
       throw new Error(`${flag} needs a positive whole number, not ${String(argv[i + 1])}`);
     }
     args[key] = value;
@@ -233,7 +240,7 @@ async function timedStart(
         doneAt = performance.now() - t0;
         return j;
       }),
-      waitUntil(`${b.name} to answer`, () => ledgerStatusOf(agentData, b.name), 180_000).then(
+      waitUntil(`${b.name} to answer`, () => ledgerStatusOf(agentData, b.name), 60_000).then(
         () => performance.now() - t0,
         async (err: Error) => {
           const j = (await w.api<JobView>('GET', `/jobs/${jobId}`)).body;
@@ -304,7 +311,8 @@ async function main(): Promise<void> {
   const started = performance.now();
   const load0 = loadavg()[0] ?? 0;
   console.log(
-    `bench:rto — ${args.single} machine(s) one at a time, ${args.group} together; ledger disk ${args.diskMib} MiB each; load ${load0.toFixed(1)}`,
+    `bench:rto — ${args.single} machine(s) one at a time, ${args.group} together; ledger disk ${args.diskMib} MiB each; ` +
+      `source ${args.shutdownSource === 1 ? 'shut down' : 'left running'} at failover; load ${load0.toFixed(1)}`,
   );
   const w = await startWorld();
   const cleanup = async (): Promise<void> => {
@@ -328,12 +336,13 @@ async function main(): Promise<void> {
     const benches = await protectAll(w, names);
     progress('all Protected with a recovery point');
 
+    const failoverBody = { shutdownSource: args.shutdownSource === 1 };
     const singles = benches.slice(0, args.single);
     const group = benches.slice(args.single);
     const one: Start[] = [];
     let oneJob: JobView | undefined;
     for (const b of singles) {
-      const r = await timedStart(w, b, 'unplanned-failover', {}, s.recoveryData);
+      const r = await timedStart(w, b, 'unplanned-failover', failoverBody, s.recoveryData);
       one.push(r);
       oneJob ??= r.job;
     }
@@ -341,7 +350,7 @@ async function main(): Promise<void> {
 
     const t0 = performance.now();
     const together = await Promise.all(
-      group.map((b) => timedStart(w, b, 'unplanned-failover', {}, s.recoveryData)),
+      group.map((b) => timedStart(w, b, 'unplanned-failover', failoverBody, s.recoveryData)),
     );
     const allRunningMs = performance.now() - t0;
     progress(`${args.group}-machine failover done in ${seconds(allRunningMs)} s`);
