@@ -230,6 +230,7 @@ async function timedStart(
   op: string,
   body: unknown,
   agentData: string,
+  runningTimeoutMs = 60_000,
 ): Promise<Start & { job: JobView }> {
   const t0 = performance.now();
   const jobId = await operate(w, b.itemId, op, body);
@@ -240,7 +241,7 @@ async function timedStart(
         doneAt = performance.now() - t0;
         return j;
       }),
-      waitUntil(`${b.name} to answer`, () => ledgerStatusOf(agentData, b.name), 60_000).then(
+      waitUntil(`${b.name} to answer`, () => ledgerStatusOf(agentData, b.name), runningTimeoutMs).then(
         () => performance.now() - t0,
         async (err: Error) => {
           const j = (await w.api<JobView>('GET', `/jobs/${jobId}`)).body;
@@ -383,10 +384,15 @@ async function main(): Promise<void> {
     });
     progress(`reprotected in ${seconds(reprotectMs)} s; failback (planned failover of the reversed items)`);
 
-    const back = await Promise.all(
-      benches.map((b) => timedStart(w, b, 'planned-failover', {}, s.primaryData)),
+    // A failback whose machine does not come up (e.g. a broken ledger on the primary disk) is reported, not fatal.
+    const settled = await Promise.allSettled(
+      benches.map((b) => timedStart(w, b, 'planned-failover', {}, s.primaryData, 30_000)),
     );
-    await Promise.all(
+    const back = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failed = settled.flatMap((r, i) =>
+      r.status === 'rejected' ? [`${benches[i]!.name}: ${(r.reason as Error).message}`] : [],
+    );
+    await Promise.allSettled(
       benches.map(async (b) => waitJob(w, await operate(w, b.itemId, 'commit', {}), ['Succeeded'], 300_000)),
     );
     progress('failed back and committed');
@@ -424,11 +430,15 @@ async function main(): Promise<void> {
         together.map((r) => r.runningMs),
         baseMedian,
       ),
-      row(
-        `failback ${benches.length} together (planned): → ledger answers`,
-        back.map((r) => r.runningMs),
-        baseMedian,
-      ),
+      ...(back.length === 0
+        ? []
+        : [
+            row(
+              `failback ${benches.length} together (planned): → ledger answers`,
+              back.map((r) => r.runningMs),
+              baseMedian,
+            ),
+          ]),
     ];
     printTable(rows);
     console.log(`\nall ${args.group} machines running at the recovery site after ${seconds(allRunningMs)} s`);
@@ -453,6 +463,12 @@ async function main(): Promise<void> {
       );
     }
     if (oneJob !== undefined) console.log(`1-machine failover steps (s): ${stepTimes(oneJob)}`);
+    if (failed.length > 0) {
+      console.log(
+        `\nFAILBACK: ${failed.length} of ${benches.length} machines did not run at the primary site:`,
+      );
+      for (const f of failed) console.log(`  ${f.split('\n').join('\n    ')}`);
+    }
     const load1 = loadavg()[0] ?? 0;
     console.log(
       `load average ${load0.toFixed(1)} at start, ${load1.toFixed(1)} at end; total ${seconds(performance.now() - started)} s`,
