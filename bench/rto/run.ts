@@ -403,11 +403,11 @@ async function main(): Promise<void> {
     );
     const rows = [
       row(
-        'baseline: machine.powerOn → command done',
+        'baseline: machine.powerOn taken → command done',
         base.map((b) => b.doneMs),
       ),
       row(
-        'baseline: machine.powerOn → ledger answers',
+        'baseline: machine.powerOn taken → ledger answers',
         base.map((b) => b.runningMs),
       ),
       row(
