@@ -5,12 +5,11 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, afterEach, test } from 'node:test';
+import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { checkLedger, openReadableDisk } from '../../src/workload/ledger.js';
 import {
   itemOf,
-  killAll,
   ledgerStatusOf,
   operate,
   pointsOf,
@@ -19,7 +18,6 @@ import {
   waitUntil,
   withOutput,
 } from './harness.js';
-import type { World } from './harness.js';
 import {
   ledger,
   protectWeb,
@@ -27,20 +25,10 @@ import {
   sourceImageOf,
   startSites,
   waitProtected,
+  endedAfterEachTest,
 } from './replication-support.js';
-import type { Sites } from './replication-support.js';
 
-const worlds: World[] = [];
-const recorders: Sites['recorder'][] = [];
-
-afterEach(async () => {
-  await killAll();
-  for (const r of recorders.splice(0)) await r.close();
-  for (const w of worlds.splice(0)) await w.close();
-});
-after(async () => {
-  await killAll();
-});
+const { worlds, recorders } = endedAfterEachTest();
 
 void test(
   'cancel of a planned failover goes back to the exact state before it and replication resumes',

@@ -5,12 +5,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, afterEach, test } from 'node:test';
+import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { checkLedger, openReadableDisk } from '../../src/workload/ledger.js';
 import {
   itemOf,
-  killAll,
   ledgerOnDisk,
   ledgerStatusOf,
   operate,
@@ -20,7 +19,6 @@ import {
   waitUntil,
   withOutput,
 } from './harness.js';
-import type { World } from './harness.js';
 import {
   DISK_BYTES,
   LEDGER_BYTES,
@@ -30,20 +28,10 @@ import {
   sourceImageOf,
   startSites,
   waitProtected,
+  endedAfterEachTest,
 } from './replication-support.js';
-import type { Sites } from './replication-support.js';
 
-const worlds: World[] = [];
-const recorders: Sites['recorder'][] = [];
-
-afterEach(async () => {
-  await killAll();
-  for (const r of recorders.splice(0)) await r.close();
-  for (const w of worlds.splice(0)) await w.close();
-});
-after(async () => {
-  await killAll();
-});
+const { worlds, recorders } = endedAfterEachTest();
 
 void test(
   'planned failover loses no record; commit; reprotect to the original location sends only changed blocks',

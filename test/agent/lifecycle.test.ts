@@ -7,13 +7,12 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, afterEach, test } from 'node:test';
+import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { NbdClient } from '../../src/dataplane/nbd/client.js';
 import {
   alive,
   itemOf,
-  killAll,
   ledgerOnDisk,
   pointsOf,
   withOutput,
@@ -24,7 +23,6 @@ import {
   waitJob,
   waitUntil,
 } from './harness.js';
-import type { World } from './harness.js';
 import {
   ledger,
   protectWeb,
@@ -34,20 +32,10 @@ import {
   startSites,
   waitProtected,
   waitReplicaEqual,
+  endedAfterEachTest,
 } from './replication-support.js';
-import type { Sites } from './replication-support.js';
 
-const worlds: World[] = [];
-const recorders: Sites['recorder'][] = [];
-
-afterEach(async () => {
-  await killAll();
-  for (const r of recorders.splice(0)) await r.close();
-  for (const w of worlds.splice(0)) await w.close();
-});
-after(async () => {
-  await killAll();
-});
+const { worlds, recorders } = endedAfterEachTest();
 
 /** Whether an NBD client can still open `uri`. */
 async function reachable(uri: string): Promise<boolean> {

@@ -18,8 +18,9 @@ import {
 import { mkdir } from 'node:fs/promises';
 import * as net from 'node:net';
 import { join } from 'node:path';
+import { after, afterEach } from 'node:test';
 import { writeDemoSite } from '../../src/fabric/local/index.js';
-import { startAgent, waitUntil } from './harness.js';
+import { killAll, startAgent, waitUntil } from './harness.js';
 import type { Proc, World } from './harness.js';
 
 /** A TCP forwarder to the control plane that keeps every byte agents sent through it. */
@@ -266,4 +267,22 @@ export async function waitReplicaEqual(s: Sites, itemId: string, timeoutMs = 60_
       }),
     timeoutMs,
   );
+}
+
+/**
+ * Lists a test file fills with the worlds and site recorders it starts; hooks registered here end
+ * them (and every agent) after each test, so no process outlives its test.
+ */
+export function endedAfterEachTest(): { worlds: World[]; recorders: Sites['recorder'][] } {
+  const worlds: World[] = [];
+  const recorders: Sites['recorder'][] = [];
+  afterEach(async () => {
+    await killAll();
+    for (const r of recorders.splice(0)) await r.close();
+    for (const w of worlds.splice(0)) await w.close();
+  });
+  after(async () => {
+    await killAll();
+  });
+  return { worlds, recorders };
 }

@@ -10,10 +10,10 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { after, afterEach, test } from 'node:test';
+import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { NbdClient } from '../../src/dataplane/nbd/client.js';
-import { BIN, killAll, startWorld, waitUntil } from './harness.js';
+import { BIN, startWorld, waitUntil } from './harness.js';
 import type { World } from './harness.js';
 import {
   DISK_BYTES,
@@ -26,12 +26,12 @@ import {
   startSites,
   waitProtected,
   waitReplicaEqual,
+  endedAfterEachTest,
 } from './replication-support.js';
 import type { ItemView, Sites } from './replication-support.js';
 
 const exec = promisify(execFile);
-const worlds: World[] = [];
-const recorders: Sites['recorder'][] = [];
+const { worlds, recorders } = endedAfterEachTest();
 
 async function world(): Promise<World> {
   const w = await startWorld();
@@ -58,15 +58,6 @@ async function withLogs(s: Sites, fn: () => Promise<void>): Promise<void> {
     );
   }
 }
-
-afterEach(async () => {
-  await killAll();
-  for (const r of recorders.splice(0)) await r.close();
-  for (const w of worlds.splice(0)) await w.close();
-});
-after(async () => {
-  await killAll();
-});
 
 /** `web`'s data disk (disk1) as the source agent serves it. */
 async function webDisk(w: World): Promise<{ host: string; port: number; exportName: string }> {
