@@ -17,6 +17,7 @@ import Fastify, {
   type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
+  type FastifySchema,
 } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -27,7 +28,7 @@ import { systemClock, type Clock } from '../jobs/types.js';
 import { AgentChannel } from './agent-channel.js';
 import { hashSecret, requireAdmin, requireAgent } from './auth.js';
 import type { ApiContext, ApiInstance, EnginePort, WorkflowsPort } from './context.js';
-import { RESOURCE_SCHEMAS } from './schemas.js';
+import { RESOURCE_SCHEMAS, ref } from './schemas.js';
 import { vaultRoutes } from './routes/vaults.js';
 import { siteRoutes } from './routes/sites.js';
 import { keyRoutes } from './routes/keys.js';
@@ -125,6 +126,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
       },
       security: [{ bearer: [] }],
     },
+    transform: ({ schema, url, route }) => ({ schema: documentedSchema(schema, route.method), url }),
     refResolver: {
       buildLocalReference: (json, _baseUri, _fragment, i) =>
         typeof json.$id === 'string' ? json.$id : `def-${i}`,
@@ -229,6 +231,28 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   await app.ready();
   return app;
+}
+
+/**
+ * What the OpenAPI document says a route answers, besides the success schema the route
+ * declares: `204` with no body for a delete (the route sends no body), and the error
+ * body of the contract for every refusal (`4XX`) and failure (`5XX`). Documentation
+ * only: the answers themselves are not serialized through these schemas.
+ */
+export function documentedSchema(
+  schema: FastifySchema | undefined,
+  method: string | string[],
+): FastifySchema {
+  const base: FastifySchema = schema ?? {};
+  if ((base as { hide?: boolean }).hide === true) return base;
+  const response: Record<string, unknown> = { ...(base.response as Record<string, unknown> | undefined) };
+  const methods = Array.isArray(method) ? method : [method];
+  if (methods.includes('DELETE') && Object.keys(response).length === 0) {
+    response['204'] = { type: 'null', description: 'Done; no body' };
+  }
+  response['4XX'] = { ...ref('Error'), description: 'Refused: {"error":{"code","message","details"}}' };
+  response['5XX'] = { ...ref('Error'), description: 'Failed: {"error":{"code","message","details"}}' };
+  return { ...base, response };
 }
 
 /** The error body of the contract. */

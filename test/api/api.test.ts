@@ -97,6 +97,43 @@ for (const variant of harnessVariants()) {
       );
 
       it(
+        'documents in OpenAPI the error body of every route and the 204 that deletes answer',
+        api(async (h) => {
+          const doc = await h.call('GET', '/api/v1/openapi.json', { token: null });
+          const paths = at(doc, 'paths') as Record<
+            string,
+            Record<string, { responses: Record<string, unknown> }>
+          >;
+          let deletes = 0;
+          for (const [path, ops] of Object.entries(paths)) {
+            for (const [method, op] of Object.entries(ops)) {
+              const where = `${method.toUpperCase()} ${path}`;
+              for (const range of ['4XX', '5XX']) {
+                const schema = JSON.stringify(op.responses[range] ?? null);
+                assert.match(
+                  schema,
+                  /"\$ref":"#\/components\/schemas\/Error"/,
+                  `${where} documents ${range}`,
+                );
+              }
+              if (method !== 'delete') continue;
+              deletes++;
+              assert.deepEqual(
+                Object.keys(op.responses).filter((c) => c.startsWith('2')),
+                ['204'],
+                `${where} documents 204 as its only success`,
+              );
+            }
+          }
+          assert.ok(deletes >= 8, `${deletes} delete routes`);
+          await h.call('POST', '/api/v1/vaults', { body: { name: 'gone' } });
+          const del = await h.call('DELETE', '/api/v1/vaults/gone');
+          assert.equal(del.status, 204);
+          assert.equal(del.body, '');
+        }),
+      );
+
+      it(
         'refuses missing and wrong tokens with 401 in the error shape',
         api(async (h) => {
           const none = await h.call('GET', '/api/v1/vaults', { token: null });
