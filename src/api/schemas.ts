@@ -172,7 +172,12 @@ const MachineDisk = Type.Object(
   { additionalProperties: false },
 );
 const MachineNic = Type.Object(
-  { network: Nullable(Type.String()), subnet: Nullable(Type.String()), ip: Nullable(Type.String()) },
+  {
+    network: Nullable(Type.String()),
+    subnet: Nullable(Type.String()),
+    ip: Nullable(Type.String()),
+    isolated: Type.Optional(Type.Boolean()),
+  },
   { additionalProperties: false },
 );
 const MachineFields = {

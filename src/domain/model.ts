@@ -131,6 +131,8 @@ export interface MachineNic {
   subnet: string | null;
   /** Static IPv4 address, or null for DHCP. */
   ip: string | null;
+  /** A test machine's NIC on a network of its own (test failover into an isolated network, R-TF-1). */
+  isolated?: boolean;
 }
 
 /** A machine of a site [protectable item], as reported in inventory. */

@@ -461,6 +461,25 @@ for (const variant of harnessVariants()) {
             'refused report wrote nothing',
           );
 
+          // A drill's test machine on an isolated network is part of the site's inventory too.
+          const drill = snapshot(3);
+          drill.machines.push({
+            ...first,
+            name: 'vm0-test',
+            origin: 'test-failover',
+            nics: [{ network: null, subnet: null, ip: null, isolated: true }],
+          });
+          const withDrill = await h.call('PUT', '/api/v1/agent/inventory', {
+            token: a.credential,
+            body: drill,
+          });
+          assert.equal(withDrill.status, 200, JSON.stringify(at(withDrill, '')));
+          const testMachine = await h.call('GET', `${V}/machines/vm0-test`);
+          assert.equal(testMachine.status, 200);
+          assert.deepEqual(at(testMachine, 'nics'), [
+            { network: null, subnet: null, ip: null, isolated: true },
+          ]);
+
           const web = atList(inv, 'containers').find((c) => c.name === 'web');
           const webId = String(web?.id);
           const patched = await h.call('PATCH', `${V}/containers/${webId}`, { body: { synced: false } });
