@@ -607,6 +607,42 @@ for (const variant of harnessVariants()) {
       );
 
       it(
+        'records the points of known items when a status report also names an item the control plane no longer knows',
+        api(async (h) => {
+          const world = await seedWorld(h.store, h.vaultId, 1, h.clock.now().toISOString());
+          const machine = world.machines[0];
+          if (machine === undefined) throw new Error('no machine');
+          const item = await seedItem(h.store, world, machine);
+          const key = await h.call('POST', `${V}/sites/recovery/keys`, { body: {} });
+          const agent = await h.call('POST', '/api/v1/agent/register', {
+            token: null,
+            body: { key: at(key, 'keyFile.key'), friendlyName: 'recovery-agent', version: '0.1.0' },
+          });
+          const point = { sequence: 7, time: h.clock.now().toISOString(), type: 'crash-consistent' };
+          const r = await h.call('POST', '/api/v1/agent/replication-status', {
+            token: atStr(agent, 'credential'),
+            body: {
+              items: [
+                { itemId: 'deleted-item', initialReplicationProgress: 100 },
+                { itemId: item.id, initialReplicationProgress: 100, points: [point] },
+              ],
+            },
+          });
+          assert.equal(r.status, 200, JSON.stringify(at(r, '')));
+          assert.deepEqual(
+            atList(r, 'rejected').map((x) => [x.itemId, x.code]),
+            [['deleted-item', 'NOT_FOUND']],
+          );
+          const points = await h.store.points.list(item.id, { limit: 10 });
+          assert.deepEqual(
+            points.items.map((p) => p.sequence),
+            [7],
+            'the known item’s point is recorded',
+          );
+        }),
+      );
+
+      it(
         'passes replication status reports to the workflows and finds peers',
         api(async (h) => {
           const a = await registerAgent(h, 'p');
@@ -641,6 +677,9 @@ for (const variant of harnessVariants()) {
             body: { items: [{ ...report.items[0], health: 'Great' }] },
           });
           assert.equal(bad.status, 400);
+          assert.deepEqual(at(r, 'rejected'), [
+            { itemId: 'i1', code: 'NOT_FOUND', message: "protected item 'i1' not found" },
+          ]);
           const peer = await h.call('GET', `/api/v1/agent/peers/${b.siteId}`, { token: a.credential });
           assert.equal(peer.status, 200);
           assert.equal(at(peer, 'agentId'), b.agentId);

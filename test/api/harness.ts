@@ -14,6 +14,7 @@ import { JobEngine } from '../../src/jobs/engine.js';
 import { ManualClock } from '../../src/jobs/manual-clock.js';
 import { waitFor } from '../../src/jobs/types.js';
 import type { Store } from '../../src/store/store.js';
+import { applyReplicationStatus } from '../../src/workflows/replication-status.js';
 import { openPostgresTestStore, openSqliteTestStore, testPostgresUrl } from '../../src/store/testing.js';
 import type { TestStore } from '../../src/store/testing.js';
 
@@ -34,6 +35,7 @@ export class RecordingWorkflows implements WorkflowsPort {
   constructor(
     private readonly store: Store,
     private readonly engine: JobEngine,
+    private readonly clock: ManualClock,
   ) {}
 
   async protect(vaultId: string, req: ProtectRequest) {
@@ -125,9 +127,10 @@ export class RecordingWorkflows implements WorkflowsPort {
     return Promise.resolve();
   }
 
+  /** Records the call, then applies the report as the real workflows do (unknown items: NOT_FOUND). */
   onReplicationStatus(agentId: string, report: ReplicationStatusReport): Promise<void> {
     this.calls.push({ method: 'onReplicationStatus', args: [agentId, report] });
-    return Promise.resolve();
+    return applyReplicationStatus(this.store, this.clock, agentId, report);
   }
 
   private submit(vaultId: string, targetId: string, targetName: string): Promise<Job> {
@@ -226,7 +229,7 @@ async function openHarness(open: () => Promise<TestStore>, clock: ManualClock): 
     steps: [{ name: 'wait', run: () => Promise.resolve(waitFor('hold', 'Held')) }],
   });
   engine.start();
-  const workflows = new RecordingWorkflows(store, engine);
+  const workflows = new RecordingWorkflows(store, engine, clock);
   const channel = new AgentChannel({ store, clock, recheckMs: 5000 });
   const vault = await store.vaults.create({ name: 'default' });
   const app = await buildApp({

@@ -263,13 +263,30 @@ export function agentProtocolRoutes(app: ApiInstance, ctx: ApiContext): void {
         tags,
         summary: 'Report replication state, RPO and new recovery points of items',
         body: ReplicationStatusBody,
-        response: { 200: ServerTime },
+        response: {
+          200: Type.Object({
+            serverTime: Type.String(),
+            rejected: Type.Array(
+              Type.Object({ itemId: Type.String(), code: Type.String(), message: Type.String() }),
+            ),
+          }),
+        },
       },
     },
     async (req) => {
       const agent = agentOf(req);
-      await ctx.workflows.onReplicationStatus(agent.id, req.body);
-      return { serverTime: nowIso(ctx) };
+      // Item by item: an item the control plane no longer knows (or that is not this agent's)
+      // must not keep the recovery points of the others from being recorded.
+      const rejected: { itemId: string; code: string; message: string }[] = [];
+      for (const item of req.body.items) {
+        try {
+          await ctx.workflows.onReplicationStatus(agent.id, { items: [item] });
+        } catch (err) {
+          if (!(err instanceof OsrError) || (err.code !== 'NOT_FOUND' && err.code !== 'FORBIDDEN')) throw err;
+          rejected.push({ itemId: item.itemId, code: err.code, message: err.message });
+        }
+      }
+      return { serverTime: nowIso(ctx), rejected };
     },
   );
 
