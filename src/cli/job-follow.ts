@@ -118,7 +118,32 @@ export async function handleStartedJob(
     return job;
   }
   if (!out.json) out.line(`Started job ${job.id}: ${job.displayName}`);
-  const settled = await followJob(client, job.id, { out, style: 'bar', intervalMs: options.intervalMs });
+  let settled = await followJob(client, job.id, { out, style: 'bar', intervalMs: options.intervalMs });
+  // The operation is done only when the jobs it handed its item over to are done too
+  // (Enable protection → Finalize protection: the item is Protected only after the latter).
+  for (let next = await handedOverTo(client, settled); next !== undefined;) {
+    if (!out.json) {
+      reportSettledJob(out, settled);
+      out.line(`Then job ${next.id}: ${next.displayName}`);
+    }
+    settled = await followJob(client, next.id, { out, style: 'bar', intervalMs: options.intervalMs });
+    next = await handedOverTo(client, settled);
+  }
   process.exitCode = reportSettledJob(out, settled);
   return settled;
+}
+
+/**
+ * The job a Succeeded job handed its target over to before it ended, if any (Enable
+ * protection submits Finalize protection as its last step). While a job holds its item
+ * no operation can start another job on it, so a job on the same target created while
+ * this one ran was started by it.
+ */
+export async function handedOverTo(client: OsrClient, job: Job): Promise<Job | undefined> {
+  if (job.state !== 'Succeeded' || job.endedAt === null) return undefined;
+  const ended = Date.parse(job.endedAt);
+  const page = await client.listJobs({ target: job.targetId, since: job.createdAt, limit: 100 });
+  return page.items
+    .filter((j) => j.id !== job.id && Date.parse(j.createdAt) <= ended)
+    .sort((a, b) => Date.parse(a.createdAt) - Date.parse(b.createdAt))[0];
 }

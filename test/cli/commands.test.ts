@@ -14,7 +14,7 @@ import * as assert from 'node:assert/strict';
 import type { Container, Job, Policy, Site, Vault } from '../../src/domain/model.js';
 import type { InventorySnapshot } from '../../src/store/store.js';
 import { FakeAgent } from './fake-agent.js';
-import { startWorld } from './harness.js';
+import { cleanEnv, spawnOsr, startWorld } from './harness.js';
 import type { CliWorld, RunResult } from './harness.js';
 
 interface Page<T> {
@@ -489,6 +489,44 @@ void test('the failover lifecycle from the CLI: drill, failover, change point, c
     assert.deepEqual(done.allowedOperations, []);
     await waited(['protect', 'db', '--policy', 'gold', '--target-site', 'recovery']);
   } finally {
+    for (const f of fakes) await f.stop();
+  }
+});
+
+void test('protect --wait returns once the item is Protected: it follows the Finalize protection job too', async () => {
+  const primary = agents.get('primary');
+  assert.ok(primary);
+  const inv = await world.api(
+    'PUT',
+    '/agent/inventory',
+    inventory(['lan'], ['web', 'db', 'app', 'api'], 10809),
+    primary.credential,
+  );
+  assert.equal(inv.status, 200);
+  const fakes = [...agents.values()].map((a) => new FakeAgent(world, a.credential, a.siteId));
+  // Initial replication completes but no recovery point comes yet, so Finalize protection waits.
+  for (const f of fakes) f.reportPoints = false;
+  const run = spawnOsr(
+    [
+      ...['--server', world.server.url, '--data', world.dataDir],
+      ...['protect', 'api', '--policy', 'gold', '--target-site', 'recovery', '--wait'],
+    ],
+    { env: cleanEnv() },
+  );
+  try {
+    await run.waitFor(/\(Enable protection\) Succeeded after/);
+    await run.waitFor(/^Then job \S+: Finalize protection$/m);
+    const before = await world.json<{ protectionState: string }>(['item', 'show', 'api']);
+    assert.equal(before.protectionState, 'InitialReplication');
+    for (const f of fakes) f.reportPoints = true;
+    const exit = await run.exited;
+    assert.equal(exit.code, 0, run.stdout() + run.stderr());
+    assert.match(run.stdout(), /\(Finalize protection\) Succeeded after/);
+    const after = await world.json<{ protectionState: string }>(['item', 'show', 'api']);
+    assert.equal(after.protectionState, 'Protected');
+  } finally {
+    run.child.kill();
+    await run.exited;
     for (const f of fakes) await f.stop();
   }
 });

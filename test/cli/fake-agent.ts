@@ -19,6 +19,8 @@ interface ItemRow {
 
 /** A fake agent; `stop()` ends its loop and rethrows anything that went wrong in it. */
 export class FakeAgent {
+  /** Whether reports carry a recovery point (off: initial replication completes, no point yet). */
+  reportPoints = true;
   #stopped = false;
   #error: Error | undefined = undefined;
   readonly #loop: Promise<void>;
@@ -85,7 +87,7 @@ export class FakeAgent {
           healthReason: null,
           initialReplicationProgress: 100,
           resyncRequired: false,
-          points: [{ sequence: 1, time, type: 'crash-consistent' }],
+          points: this.reportPoints ? [{ sequence: 1, time, type: 'crash-consistent' }] : [],
         })),
       },
       this.credential,
