@@ -41,7 +41,7 @@ void test('every verb of DESIGN §5 is a command, with --json available everywhe
   assert.deepEqual(job?.commands.map((c) => c.name()).sort(), ['cancel', 'list', 'resume', 'show', 'watch']);
 });
 
-void test('an API error is one line with its code; FORCE_REQUIRED adds the warning and the --force hint', () => {
+void test('an API error is one line with its code, a validation refusal too (details with OSR_DEBUG); FORCE_REQUIRED adds the warning and the --force hint', () => {
   const plain = describeFailure(
     new CliError('POLICY_INVALID', 'retention\ntoo long', { status: 400 }),
     false,
@@ -55,11 +55,11 @@ void test('an API error is one line with its code; FORCE_REQUIRED adds the warni
   assert.equal(force.lines[0], 'osr: cancelling stops replication (FORCE_REQUIRED)');
   assert.match(force.lines.join('\n'), /no longer replicate and will need repair/);
   assert.match(force.lines.join('\n'), /repeat the command with --force/);
-  const validation = describeFailure(
-    new CliError('VALIDATION_FAILED', 'bad body', { details: [{ path: 'body.name', message: 'too long' }] }),
-    false,
-  );
-  assert.match(validation.lines[1] ?? '', /body\.name/);
+  const refusal = new CliError('VALIDATION_FAILED', 'body.name: too long', {
+    details: [{ path: 'body.name', message: 'too long' }],
+  });
+  assert.deepEqual(describeFailure(refusal, false).lines, ['osr: body.name: too long (VALIDATION_FAILED)']);
+  assert.match(describeFailure(refusal, true).lines[1] ?? '', /^osr: details: .*body\.name/);
 });
 
 void test('other failures: usage exits 2, help exits 0 silently, unknown errors are one line, OSR_DEBUG adds the stack', () => {

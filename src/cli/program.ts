@@ -81,9 +81,8 @@ export function describeFailure(err: unknown, debug: boolean): { lines: string[]
         'If you accept that, repeat the command with --force.',
       );
     }
-    if (err.code === 'VALIDATION_FAILED' && err.details !== null) {
-      lines.push(`osr: details: ${oneLine(JSON.stringify(err.details))}`);
-    }
+    // The error stays one line; the message already names the offending field.
+    if (debug && err.details !== null) lines.push(`osr: details: ${oneLine(JSON.stringify(err.details))}`);
     return { lines: [...lines, ...stack], exitCode: err.exitCode };
   }
   const message = err instanceof Error ? err.message : String(err);
