@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { OsrError } from '../domain/errors.js';
 import { LocalFabric, writeDemoSite } from '../fabric/local/index.js';
-import { ensureTlsIdentity } from './data-dir.js';
+import { loadTlsIdentity } from './tls-identity.js';
 import { DataPlaneReplicationService, parseHostPort } from './replication-dataplane.js';
 
 function code(err: unknown): string {
@@ -29,7 +29,7 @@ void test('replication commands refuse bad payloads with catalog codes and leave
   const siteDir = join(dir, 'site');
   await writeDemoSite(siteDir, { kind: 'onprem', octet: 3 });
   const fabric = await LocalFabric.open({ siteDir, stateDir: join(dir, 'data', 'fabric'), autostart: false });
-  const identity = await ensureTlsIdentity(join(dir, 'data'), 'osr-agent-test');
+  const identity = await loadTlsIdentity(join(dir, 'data'), 'osr-agent-test');
   const svc = new DataPlaneReplicationService({
     dataDir: join(dir, 'data'),
     identity,

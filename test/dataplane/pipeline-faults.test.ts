@@ -15,7 +15,7 @@ import { ReplicaStore } from '../../src/dataplane/replica/replica-store.js';
 import { ReplicationReceiver } from '../../src/dataplane/transport/receiver.js';
 import { runResync } from '../../src/dataplane/resync/resync.js';
 import { FrameType } from '../../src/dataplane/transport/frame.js';
-import type { TlsIdentity } from '../../src/dataplane/transport/tls-pinning.js';
+import type { TestIdentity as TlsIdentity } from './source-support.js';
 import { readAll, startPipeline } from './pipeline-support.js';
 import type { Pipeline } from './pipeline-support.js';
 import {
@@ -98,7 +98,8 @@ test('kill -9 of the sender and of the receiver+replica process mid-stream: the 
     const r3 = await ReplicationReceiver.listen({
       port: Number(port),
       identity: dst,
-      peerCertificates: [src.cert],
+      trustedCa: src.ca,
+    peerAuthFor: () => ({ mode: 'certificate', identity: 'urn:osr:agent:source' }),
       sinkFor: (g) => (g === 'crash-group' ? store : undefined),
     });
     try {
