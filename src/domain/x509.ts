@@ -109,7 +109,8 @@ function signatureFor(key: KeyObject): { algorithm: Buffer; hash: string } {
       hash: p384 ? 'sha384' : 'sha256',
     };
   }
-  if (key.asymmetricKeyType === 'rsa') return { algorithm: seq(oid(OID.rsaSha256), tlv(0x05)), hash: 'sha256' };
+  if (key.asymmetricKeyType === 'rsa')
+    return { algorithm: seq(oid(OID.rsaSha256), tlv(0x05)), hash: 'sha256' };
   throw new OsrError('VALIDATION_FAILED', `cannot sign with a ${String(key.asymmetricKeyType)} key`);
 }
 
@@ -152,7 +153,7 @@ function readDer(buf: Buffer, at = 0): Der {
 
 function children(node: Der): Der[] {
   const out: Der[] = [];
-  for (let at = 0; at < node.content.length; ) {
+  for (let at = 0; at < node.content.length;) {
     const c = readDer(node.content, at);
     out.push(c);
     at += c.raw.length;
@@ -228,7 +229,11 @@ export function checkKeyStrength(key: KeyObject): string {
     return `RSA ${d.modulusLength}`;
   }
   const what =
-    type === 'ec' ? `EC ${d.namedCurve ?? '?'}` : type === 'rsa' ? `RSA ${d.modulusLength ?? '?'}` : String(type);
+    type === 'ec'
+      ? `EC ${d.namedCurve ?? '?'}`
+      : type === 'rsa'
+        ? `RSA ${d.modulusLength ?? '?'}`
+        : String(type);
   throw new OsrError(
     'CERTIFICATE_REQUEST_INVALID',
     `the request's key (${what}) is not accepted: use EC P-256 or P-384, or RSA of 2048–8192 bits`,
@@ -263,7 +268,10 @@ export function parseCertificateRequest(text: string): CertificateRequest {
   try {
     der = pemBody(text, 'CERTIFICATE REQUEST');
   } catch {
-    throw new OsrError('CERTIFICATE_REQUEST_INVALID', 'not a PEM certificate request (BEGIN CERTIFICATE REQUEST)');
+    throw new OsrError(
+      'CERTIFICATE_REQUEST_INVALID',
+      'not a PEM certificate request (BEGIN CERTIFICATE REQUEST)',
+    );
   }
   let req: Omit<CertificateRequest, 'keyDescription'>;
   let info: Der;
@@ -279,7 +287,8 @@ export function parseCertificateRequest(text: string): CertificateRequest {
     if (sig[0] !== 0) throw new RangeError('signature with unused bits');
     signature = sig.subarray(1);
     const [version, subject, spki, attributes] = children(info);
-    if (expect(version, 0x02, 'version').content.toString('hex') !== '00') throw new RangeError('not a v1 request');
+    if (expect(version, 0x02, 'version').content.toString('hex') !== '00')
+      throw new RangeError('not a v1 request');
     let publicKey: KeyObject;
     try {
       publicKey = createPublicKey({ key: expect(spki, 0x30, 'public key').raw, format: 'der', type: 'spki' });
@@ -302,7 +311,10 @@ export function parseCertificateRequest(text: string): CertificateRequest {
     }
   } catch (err) {
     if (err instanceof OsrError) throw err;
-    throw new OsrError('CERTIFICATE_REQUEST_INVALID', `the certificate request is malformed: ${(err as Error).message}`);
+    throw new OsrError(
+      'CERTIFICATE_REQUEST_INVALID',
+      `the certificate request is malformed: ${(err as Error).message}`,
+    );
   }
   const hash = SIGNATURE_HASH[algorithm];
   if (hash === undefined) {
@@ -385,7 +397,10 @@ export function issueCertificate(spec: CertificateSpec, issuer: CertificateIssue
   const own = keyIdentifier(spki);
   const parent =
     issuer.certificatePem === undefined
-      ? { subject, keyId: keyIdentifier(createPublicKey(issuer.privateKey).export({ type: 'spki', format: 'der' })) }
+      ? {
+          subject,
+          keyId: keyIdentifier(createPublicKey(issuer.privateKey).export({ type: 'spki', format: 'der' })),
+        }
       : issuerParts(issuer.certificatePem);
   const serial = randomBytes(16);
   serial[0] = (serial[0]! & 0x7f) | 0x40;
@@ -397,7 +412,9 @@ export function issueCertificate(spec: CertificateSpec, issuer: CertificateIssue
     spec.isCa === true
       ? extension(OID.keyUsage, true, bits(Buffer.from([0x06]), 1))
       : extension(OID.keyUsage, true, bits(Buffer.from([0x80]), 7)),
-    ...(spec.isCa === true ? [] : [extension(OID.extKeyUsage, false, seq(oid(OID.serverAuth), oid(OID.clientAuth)))]),
+    ...(spec.isCa === true
+      ? []
+      : [extension(OID.extKeyUsage, false, seq(oid(OID.serverAuth), oid(OID.clientAuth)))]),
     ...((spec.uris ?? []).length > 0 ? [extension(OID.subjectAltName, false, sanUris(spec.uris ?? []))] : []),
     extension(OID.subjectKeyIdentifier, false, octets(own)),
     extension(OID.authorityKeyIdentifier, false, seq(tlv(0x80, parent.keyId))),
@@ -429,6 +446,7 @@ export function agentIdentityUri(agentId: string): string {
 export function agentIdsIn(subjectAltName: string | undefined): string[] {
   if (subjectAltName === undefined) return [];
   const out: string[] = [];
-  for (const m of subjectAltName.matchAll(/(?:^|, )URI:urn:osr:agent:([A-Za-z0-9._-]+)(?=, |$)/g)) out.push(m[1]!);
+  for (const m of subjectAltName.matchAll(/(?:^|, )URI:urn:osr:agent:([A-Za-z0-9._-]+)(?=, |$)/g))
+    out.push(m[1]!);
   return out;
 }

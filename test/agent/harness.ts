@@ -19,6 +19,7 @@ import type { Store } from '../../src/store/index.js';
 import { writeDemoSite } from '../../src/fabric/local/index.js';
 import { processCommandLine } from '../../src/fabric/local/runtime-process.js';
 import type { DemoMachine } from '../../src/fabric/local/index.js';
+import { loopbackHostFor } from '../../src/cli/up-plan.js';
 
 /** The repository root (this file runs from dist/test/agent). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -338,6 +339,9 @@ export async function startAgent(
     '400',
     '--shutdown-timeout',
     '5000',
+    // Each agent its own loopback address: receivers of concurrent tests (and of both agents of a test) share
+    // the policies' replication ports.
+    ...((o.extra ?? []).includes('--data-address') ? [] : ['--data-address', loopbackHostFor(o.dataDir)]),
     ...(o.extra ?? []),
   ]);
   await p.waitFor(/osr agent \S+ running for site/);

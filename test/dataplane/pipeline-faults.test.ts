@@ -56,6 +56,7 @@ test('kill -9 of the sender and of the receiver+replica process mid-stream: the 
     fs.copyFileSync(join(certs.dir, 'source.cert.pem'), join(t.dir, 'source.cert.pem'));
     fs.copyFileSync(join(certs.dir, 'recovery.key.pem'), join(t.dir, 'recovery.key.pem'));
     fs.copyFileSync(join(certs.dir, 'recovery.cert.pem'), join(t.dir, 'recovery.cert.pem'));
+    fs.copyFileSync(join(certs.dir, 'test-ca.ca.pem'), join(t.dir, 'test-ca.ca.pem'));
     const replicaDir = join(t.dir, 'replica');
     const count = 2500;
     const base = { OSR_DP_CERTS: t.dir, OSR_DP_REPLICA: replicaDir, OSR_DP_JOURNAL: join(t.dir, 'journal') };
