@@ -141,7 +141,8 @@ function parsePolicy(raw: unknown): DataPolicy {
       ir !== undefined && typeof ir === 'object' && ['now', 'scheduled', 'offline'].includes(ir.mode)
         ? ir
         : { mode: 'now' },
-    replicationPort: typeof port === 'number' && Number.isInteger(port) && port > 0 && port < 65536 ? port : null,
+    replicationPort:
+      typeof port === 'number' && Number.isInteger(port) && port > 0 && port < 65536 ? port : null,
   };
 }
 
@@ -655,10 +656,15 @@ export class DataPlaneReplicationService implements ReplicationService {
               peerAuthFor: (groupId) => this.#peerAuthFor(groupId),
               offlineSeedFor: (groupId) => this.#seedFor(groupId),
               onEvent: (e) => {
-                if (e.type === 'refused') this.#log.warn({ port, reason: e.reason }, 'replication connection refused');
+                if (e.type === 'refused')
+                  this.#log.warn({ port, reason: e.reason }, 'replication connection refused');
                 else if (e.type === 'connected')
-                  this.#log.info({ itemId: e.groupId, resumeSeq: e.resumeSeq }, 'replication stream connected');
-                else this.#log.debug({ itemId: e.groupId, err: e.error?.message }, 'replication stream ended');
+                  this.#log.info(
+                    { itemId: e.groupId, resumeSeq: e.resumeSeq },
+                    'replication stream connected',
+                  );
+                else
+                  this.#log.debug({ itemId: e.groupId, err: e.error?.message }, 'replication stream ended');
               },
             }),
           );
@@ -673,17 +679,24 @@ export class DataPlaneReplicationService implements ReplicationService {
                   `the replication port ${host}:${port} is already in use on the recovery agent's host`,
                   { details: { host, port }, cause: err },
                 )
-              : new OsrError('OPERATION_UNAVAILABLE', `cannot listen on ${host}:${port}: ${(err as Error).message}`, {
-                  details: { host, port, code },
-                  cause: err,
-                });
-          if (!this.#listenErrors.has(port)) this.#log.error({ host, port, err: error.message }, 'cannot listen for replication streams');
+              : new OsrError(
+                  'OPERATION_UNAVAILABLE',
+                  `cannot listen on ${host}:${port}: ${(err as Error).message}`,
+                  {
+                    details: { host, port, code },
+                    cause: err,
+                  },
+                );
+          if (!this.#listenErrors.has(port))
+            this.#log.error({ host, port, err: error.message }, 'cannot listen for replication streams');
           this.#listenErrors.set(port, error);
         }
       }
     };
     const p = this.#receiverChain.then(run);
-    this.#receiverChain = p.catch((err: unknown) => this.#log.error({ err }, 'updating the replication receivers failed'));
+    this.#receiverChain = p.catch((err: unknown) =>
+      this.#log.error({ err }, 'updating the replication receivers failed'),
+    );
     return p;
   }
 
@@ -745,9 +758,16 @@ export class DataPlaneReplicationService implements ReplicationService {
       const running = this.#sources.get(itemId);
       if (running !== undefined) {
         const same =
-          JSON.stringify([running.record.peer, running.record.auth ?? { mode: 'certificate' }, running.record.disks]) ===
-            JSON.stringify([{ agentId: peer.agentId, siteId: peer.siteId, dataAddress: peer.dataAddress }, auth, disks]) &&
-          running.record.policy.replicationPort === policy.replicationPort;
+          JSON.stringify([
+            running.record.peer,
+            running.record.auth ?? { mode: 'certificate' },
+            running.record.disks,
+          ]) ===
+            JSON.stringify([
+              { agentId: peer.agentId, siteId: peer.siteId, dataAddress: peer.dataAddress },
+              auth,
+              disks,
+            ]) && running.record.policy.replicationPort === policy.replicationPort;
         if (same) return this.#started(running);
         await this.#stopGroup(running, false);
         this.#sources.delete(itemId);
@@ -849,7 +869,8 @@ export class DataPlaneReplicationService implements ReplicationService {
       host: a.host,
       port,
       address: `${a.host.includes(':') ? `[${a.host}]` : a.host}:${port}`,
-      peerAuth: auth.mode === 'token' ? auth : { mode: 'certificate', identity: agentIdentityUri(r.peer.agentId) },
+      peerAuth:
+        auth.mode === 'token' ? auth : { mode: 'certificate', identity: agentIdentityUri(r.peer.agentId) },
     };
   }
 
@@ -860,7 +881,12 @@ export class DataPlaneReplicationService implements ReplicationService {
   async #refreshPeer(g: SourceGroup): Promise<void> {
     const lookup = this.#o.peerLookup;
     const now = Date.now();
-    if (lookup === undefined || g.peerCheck !== undefined || now - g.peerCheckedAt < (this.#o.peerRefreshMs ?? 5000)) return;
+    if (
+      lookup === undefined ||
+      g.peerCheck !== undefined ||
+      now - g.peerCheckedAt < (this.#o.peerRefreshMs ?? 5000)
+    )
+      return;
     g.peerCheckedAt = now;
     const r = g.record;
     g.peerCheck = (async () => {
@@ -963,6 +989,15 @@ export class DataPlaneReplicationService implements ReplicationService {
     const r = g.record;
     const signal = g.stop.signal;
     const ir = r.policy.initialReplication;
+    if (ir.mode === 'offline' && r.copy.state === 'copying') {
+      // An export cut short (agent restart): its seed file never finished, so the placeholders it journaled
+      // could never be delivered. They are voided and the export starts over, copying every block again.
+      const voided = await g.journal.voidOfflinePlaceholders();
+      this.#log.warn(
+        { itemId: r.itemId, placeholders: voided.length },
+        'offline export was interrupted; exporting again',
+      );
+    }
     r.copy = { state: 'copying', lastSeq: null, totalBytes: 0 };
     await this.#save(g);
     const backends = this.#backends(g);

@@ -6,7 +6,7 @@
  * mode; an agent made before the control plane had a CA has such a certificate too and trades it in at its next
  * start (`renewalReason`).
  */
-import { X509Certificate, createPrivateKey, generateKeyPairSync } from 'node:crypto';
+import { X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { chmod, mkdir, open, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { agentIdsIn, createCertificateRequest, issueCertificate } from '../domain/x509.js';
@@ -70,7 +70,7 @@ export async function loadTlsIdentity(dataDir: string, placeholderName: string):
     certPem = issueCertificate(
       {
         commonName: placeholderName.replace(/[^A-Za-z0-9._-]/g, '-'),
-        publicKey: key,
+        publicKey: createPublicKey(key),
         notBefore: new Date(now - 60_000),
         notAfter: new Date(now + 365 * 24 * 3600_000),
       },
