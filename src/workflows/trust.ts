@@ -16,7 +16,7 @@ import type { Store } from '../store/store.js';
 export const DEFAULT_AGENT_CERTIFICATE_LIFETIME_MS = 90 * 24 * 3600_000;
 /** How long the certificate authority is valid. */
 const CA_LIFETIME_MS = 20 * 365 * 24 * 3600_000;
-/** Clock skew between the control plane and agents that a fresh certificate tolerates. */
+/** Clock skew between the control plane and agents that a fresh certificate tolerates (at most a tenth of its life). */
 const BACKDATE_MS = 5 * 60_000;
 
 /** Who a certificate is for. */
@@ -128,7 +128,8 @@ export async function loadTrust(store: Store, options: LoadTrustOptions = {}): P
           commonName: subject.agentId,
           uris: [agentIdentityUri(subject.agentId)],
           publicKey,
-          notBefore: new Date(at.getTime() - BACKDATE_MS),
+          // Agents renew in the last third of notBefore..notAfter: the backdate must not eat that up.
+          notBefore: new Date(at.getTime() - Math.min(BACKDATE_MS, lifetime / 10)),
           notAfter,
         },
         { certificatePem: stored.certificatePem, privateKey: caKey },

@@ -76,7 +76,9 @@ export interface World {
 }
 
 /** Starts a control plane in a fresh temp folder. */
-export async function startWorld(options: { heartbeatTimeoutMs?: number } = {}): Promise<World> {
+export async function startWorld(
+  options: { heartbeatTimeoutMs?: number; agentCertificateLifetimeMs?: number } = {},
+): Promise<World> {
   const tmp = mkdtempSync(join(tmpdir(), 'osr-agent-'));
   const dataDir = join(tmp, 'cp');
   const clock = new OffsetClock();
@@ -86,6 +88,9 @@ export async function startWorld(options: { heartbeatTimeoutMs?: number } = {}):
     logLevel: 'silent',
     clock,
     ...(options.heartbeatTimeoutMs === undefined ? {} : { heartbeatTimeoutMs: options.heartbeatTimeoutMs }),
+    ...(options.agentCertificateLifetimeMs === undefined
+      ? {}
+      : { agentCertificateLifetimeMs: options.agentCertificateLifetimeMs }),
   });
   const store = await createStore({ dialect: 'sqlite', file: join(dataDir, 'osr.db') }, { migrate: false });
   const api = async <T>(method: string, path: string, body?: unknown) => {
