@@ -44,8 +44,9 @@ export class LinkAuthError extends Error {
 function describeVerifyError(code: string): string {
   switch (code) {
     case 'DEPTH_ZERO_SELF_SIGNED_CERT':
-    case 'SELF_SIGNED_CERT_IN_CHAIN':
       return 'is self-signed, not issued by the control plane’s CA';
+    // A peer that sends its own (untrusted) root along with its certificate.
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
     case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
     case 'UNABLE_TO_GET_ISSUER_CERT':
     case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
