@@ -18,8 +18,14 @@ import type { FabricDriver } from '../fabric/driver.js';
 import { LocalFabric } from '../fabric/local/index.js';
 import { CommandExecutor, commandHandlers } from './commands.js';
 import { ControlPlaneClient, ControlPlaneError } from './control-plane.js';
-import type { ChannelCommand, Registration } from './control-plane.js';
-import { CommandLog, loadCredential, loadOrInitSettings, removeCredential, saveCredential } from './data-dir.js';
+import type { ChannelCommand } from './control-plane.js';
+import {
+  CommandLog,
+  loadCredential,
+  loadOrInitSettings,
+  removeCredential,
+  saveCredential,
+} from './data-dir.js';
 import type { StoredCredential } from './data-dir.js';
 import { parseProxyUrl } from './http.js';
 import { DataPlaneReplicationService } from './replication-dataplane.js';
@@ -525,11 +531,17 @@ export class SiteAgent {
         continue;
       }
       try {
-        const issued = await this.#client.renewCertificate(certificateRequest(this.#tls, this.agentId), signal);
+        const issued = await this.#client.renewCertificate(
+          certificateRequest(this.#tls, this.agentId),
+          signal,
+        );
         this.#useIdentity(await saveIssuedIdentity(this.#o.dataDir, this.#tls, issued));
         backoff.reset();
         this.#markReachable();
-        this.#log.info({ why: reason, expiresAt: issued.expiresAt }, 'stream certificate issued by the control plane');
+        this.#log.info(
+          { why: reason, expiresAt: issued.expiresAt },
+          'stream certificate issued by the control plane',
+        );
       } catch (err) {
         if (signal.aborted) return;
         await this.#onError(err, 'certificate');
@@ -752,7 +764,11 @@ async function registerWithRetry(
         `the key registered this agent for site '${reg.siteName}', not '${o.site}'`,
       );
     }
-    const stored: StoredCredential = { ...(reg as Registration), server, registeredAt: new Date().toISOString() };
+    const stored: StoredCredential = {
+      ...reg,
+      server,
+      registeredAt: new Date().toISOString(),
+    };
     await saveCredential(o.dataDir, stored);
     log.info({ agentId: reg.agentId, site: reg.siteName }, 'registered with the control plane');
     return {

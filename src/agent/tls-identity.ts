@@ -112,9 +112,11 @@ export function renewalReason(identity: AgentTlsIdentity, agentId: string, now: 
   if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) {
     return 'the certificate was not issued by the control plane’s CA';
   }
-  if (!agentIdsIn(cert.subjectAltName).includes(agentId)) return `the certificate is not for agent ${agentId}`;
+  if (!agentIdsIn(cert.subjectAltName).includes(agentId))
+    return `the certificate is not for agent ${agentId}`;
   const from = Date.parse(cert.validFrom);
   const to = Date.parse(cert.validTo);
-  if (now.getTime() >= to - (to - from) / 3) return `the certificate expires at ${new Date(to).toISOString()}`;
+  if (now.getTime() >= to - (to - from) / 3)
+    return `the certificate expires at ${new Date(to).toISOString()}`;
   return null;
 }

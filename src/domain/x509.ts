@@ -5,7 +5,8 @@
  * are node:crypto's. An agent's identity is the URI `urn:osr:agent:<agent id>` in a certificate's subject
  * alternative names (and its id as the common name).
  */
-import { KeyObject, createHash, createPublicKey, randomBytes, sign, verify } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes, sign, verify } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { OsrError } from './errors.js';
 
 // ---- DER writing ------------------------------------------------------------------------------

@@ -26,9 +26,23 @@ before(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'osr-http-'));
   const [key, cert] = [join(tmp, 'key.pem'), join(tmp, 'cert.pem')];
   const made = spawnSync('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
-    '-subj', '/CN=control-plane', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
-    '-keyout', key, '-out', cert,
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-days',
+    '1',
+    '-subj',
+    '/CN=control-plane',
+    '-addext',
+    'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    '-keyout',
+    key,
+    '-out',
+    cert,
   ]);
   assert.equal(made.status, 0, String(made.stderr));
   identity = { keyPem: readFileSync(key, 'utf8'), certPem: readFileSync(cert, 'utf8') };

@@ -5,7 +5,15 @@
  */
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { at, atList, atStr, harnessVariants, HEARTBEAT_TIMEOUT_MS, withApi, type ApiHarness } from './harness.js';
+import {
+  at,
+  atList,
+  atStr,
+  harnessVariants,
+  HEARTBEAT_TIMEOUT_MS,
+  withApi,
+  type ApiHarness,
+} from './harness.js';
 import { seedItem, seedWorld, snapshot } from './seed.js';
 
 const V = '/api/v1/vaults/default';

@@ -279,7 +279,10 @@ async function openHarness(open: () => Promise<TestStore>, clock: ManualClock): 
 }
 
 /** Runs `fn` on a harness `open` makes, closing it after. */
-export async function withApi(open: () => Promise<ApiHarness>, fn: (h: ApiHarness) => Promise<void>): Promise<void> {
+export async function withApi(
+  open: () => Promise<ApiHarness>,
+  fn: (h: ApiHarness) => Promise<void>,
+): Promise<void> {
   const h = await open();
   try {
     await fn(h);

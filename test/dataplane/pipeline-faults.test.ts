@@ -100,7 +100,7 @@ test('kill -9 of the sender and of the receiver+replica process mid-stream: the 
       port: Number(port),
       identity: dst,
       trustedCa: src.ca,
-    peerAuthFor: () => ({ mode: 'certificate', identity: 'urn:osr:agent:source' }),
+      peerAuthFor: () => ({ mode: 'certificate', identity: 'urn:osr:agent:source' }),
       sinkFor: (g) => (g === 'crash-group' ? store : undefined),
     });
     try {

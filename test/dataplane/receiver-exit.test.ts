@@ -59,7 +59,7 @@ test('SIGTERM ends the receiving process promptly under load, round after round'
         port: Number(port),
         identity: src,
         trustedCa: dst.ca,
-    peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
+        peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
         batchBytes: 64 * 1024,
         backoff: { initialMs: 5, maxMs: 20 },
       });

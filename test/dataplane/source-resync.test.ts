@@ -210,7 +210,7 @@ test('offline initial copy: blocks travel in a seed file, the link carries place
       port: p.receiver.port,
       identity: src,
       trustedCa: dst.ca,
-    peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
+      peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
     });
     sender.start();
     try {
@@ -263,7 +263,7 @@ test('after a journal overflow, resync compares hashes and sends only the differ
       port: p.receiver.port,
       identity: src,
       trustedCa: dst.ca,
-    peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
+      peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
     });
     sender.start();
     try {

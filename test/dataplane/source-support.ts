@@ -156,11 +156,40 @@ export function makeIdentity(
     `subjectAltName=URI:${options.uri ?? agentUri(name)}\nextendedKeyUsage=serverAuth,clientAuth\n`,
   );
   if (options.selfSigned === true) {
-    openssl(['req', '-x509', ...newKeyArgs(key), '-out', cert, '-days', '2', '-subj', `/CN=${name}`, '-addext', `subjectAltName=URI:${options.uri ?? agentUri(name)}`]);
+    openssl([
+      'req',
+      '-x509',
+      ...newKeyArgs(key),
+      '-out',
+      cert,
+      '-days',
+      '2',
+      '-subj',
+      `/CN=${name}`,
+      '-addext',
+      `subjectAltName=URI:${options.uri ?? agentUri(name)}`,
+    ]);
   } else {
     const csr = join(dir, `${name}.csr`);
     openssl(['req', '-new', ...newKeyArgs(key), '-out', csr, '-subj', `/CN=${name}`]);
-    openssl(['x509', '-req', '-in', csr, '-CA', ca.certFile, '-CAkey', ca.keyFile, '-set_serial', `0x${Date.now().toString(16)}${Math.floor(Math.random() * 1e6).toString(16)}`, '-days', '2', '-out', cert, '-extfile', ext]);
+    openssl([
+      'x509',
+      '-req',
+      '-in',
+      csr,
+      '-CA',
+      ca.certFile,
+      '-CAkey',
+      ca.keyFile,
+      '-set_serial',
+      `0x${Date.now().toString(16)}${Math.floor(Math.random() * 1e6).toString(16)}`,
+      '-days',
+      '2',
+      '-out',
+      cert,
+      '-extfile',
+      ext,
+    ]);
   }
   return { key: fs.readFileSync(key, 'utf8'), cert: fs.readFileSync(cert, 'utf8'), ca: ca.cert };
 }

@@ -13,7 +13,15 @@ import type { ReceiverEvent } from '../../src/dataplane/transport/receiver.js';
 import { ReplicationSender } from '../../src/dataplane/transport/sender.js';
 import type { ReplicationSenderOptions } from '../../src/dataplane/transport/sender.js';
 import type { PeerAuth } from '../../src/dataplane/transport/link-auth.js';
-import { agentUri, makeIdentity, ModelSink, mulberry32, randomBytes, tempDir, waitFor } from './source-support.js';
+import {
+  agentUri,
+  makeIdentity,
+  ModelSink,
+  mulberry32,
+  randomBytes,
+  tempDir,
+  waitFor,
+} from './source-support.js';
 import type { TestIdentity } from './source-support.js';
 
 const MiB = 1024 * 1024;
@@ -163,15 +171,31 @@ test('certificate mode: each end refuses a peer whose certificate is self-signed
   try {
     await churn(r, 2, 10);
     // The receiver refuses bad senders; the sender hears why in the receiver's ERROR frame.
-    let why = await refused(r.sender({ identity: selfSigned }), 'PEER_CERTIFICATE_UNTRUSTED', 'a self-signed sender');
+    let why = await refused(
+      r.sender({ identity: selfSigned }),
+      'PEER_CERTIFICATE_UNTRUSTED',
+      'a self-signed sender',
+    );
     assert.match(why, /self-signed/);
-    why = await refused(r.sender({ identity: otherCa }), 'PEER_CERTIFICATE_UNTRUSTED', 'a sender of another CA');
+    why = await refused(
+      r.sender({ identity: otherCa }),
+      'PEER_CERTIFICATE_UNTRUSTED',
+      'a sender of another CA',
+    );
     assert.match(why, /another CA/);
-    why = await refused(r.sender({ identity: otherAgent }), 'PEER_IDENTITY_MISMATCH', 'another agent as sender');
+    why = await refused(
+      r.sender({ identity: otherAgent }),
+      'PEER_IDENTITY_MISMATCH',
+      'another agent as sender',
+    );
     assert.match(why, /urn:osr:agent:stranger, not urn:osr:agent:source/);
     assert.ok(r.events.filter((e) => e.type === 'refused').length >= 3, 'the receiver logged the refusals');
     // The sender refuses a receiver that is not the agent the control plane named, before it sends anything.
-    why = await refused(r.sender({ peerAuth: fromSource }), 'PEER_IDENTITY_MISMATCH', 'another agent as receiver');
+    why = await refused(
+      r.sender({ peerAuth: fromSource }),
+      'PEER_IDENTITY_MISMATCH',
+      'another agent as receiver',
+    );
     assert.match(why, /receiver's certificate names urn:osr:agent:recovery/);
     r.receiver.setIdentity(selfSigned, dst.ca);
     why = await refused(r.sender(), 'PEER_CERTIFICATE_UNTRUSTED', 'a self-signed receiver');

@@ -85,7 +85,7 @@ export function certificateRefusal(
   }
   if (!socket.authorized) {
     // Node gives the OpenSSL verify code here (e.g. DEPTH_ZERO_SELF_SIGNED_CERT), typed as an Error.
-    const reason = String(socket.authorizationError as unknown);
+    const reason = String(socket.authorizationError);
     const issuer = typeof cert.issuer?.CN === 'string' ? cert.issuer.CN : '?';
     return new LinkAuthError(
       'PEER_CERTIFICATE_UNTRUSTED',
@@ -103,7 +103,12 @@ export function certificateRefusal(
 }
 
 /** This end's token proof for `groupId` on `socket` (hex). */
-export function tokenProof(socket: TLSSocket, token: string, role: 'sender' | 'receiver', groupId: string): string {
+export function tokenProof(
+  socket: TLSSocket,
+  token: string,
+  role: 'sender' | 'receiver',
+  groupId: string,
+): string {
   const ekm = socket.exportKeyingMaterial(32, 'EXPORTER-osr-replication-token', Buffer.from(groupId, 'utf8'));
   return createHmac('sha256', token).update(`${role}\n`).update(ekm).digest('hex');
 }

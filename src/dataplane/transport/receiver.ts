@@ -190,9 +190,12 @@ export class ReplicationReceiver {
             ? certificateRefusal(socket, this.trustedCa !== undefined, auth.identity, 'sender')
             : tokenProofMatches(socket, auth.token, 'sender', hello.groupId, hello.proof)
               ? undefined
-              : Object.assign(new Error(`the sender's replication token for group ${hello.groupId} is wrong`), {
-                  code: 'TOKEN_REJECTED',
-                });
+              : Object.assign(
+                  new Error(`the sender's replication token for group ${hello.groupId} is wrong`),
+                  {
+                    code: 'TOKEN_REJECTED',
+                  },
+                );
         if (refusal) {
           this.o.onEvent?.({ type: 'refused', reason: refusal.message });
           throw refusal;
@@ -207,7 +210,8 @@ export class ReplicationReceiver {
         socket.once('close', () => void chain.then(release));
         last = await sink.lastReceivedSeq();
         group.status.lastReceivedSeq = last;
-        const proof = auth.mode === 'token' ? { proof: tokenProof(socket, auth.token, 'receiver', groupId) } : {};
+        const proof =
+          auth.mode === 'token' ? { proof: tokenProof(socket, auth.token, 'receiver', groupId) } : {};
         socket.write(encodeFrame(FrameType.HELLO, jsonPayload({ groupId, resumeSeq: last, ...proof })));
         this.o.onEvent?.({ type: 'connected', groupId, resumeSeq: last });
         return;
@@ -337,7 +341,10 @@ export class ReplicationReceiver {
   }
 }
 
-function secureContextOptions(identity: TlsIdentity, trustedCa: string | undefined): tls.SecureContextOptions {
+function secureContextOptions(
+  identity: TlsIdentity,
+  trustedCa: string | undefined,
+): tls.SecureContextOptions {
   return { key: identity.key, cert: identity.cert, ...(trustedCa === undefined ? {} : { ca: trustedCa }) };
 }
 

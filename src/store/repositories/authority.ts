@@ -40,7 +40,8 @@ export class KyselyCertificateAuthorityRepository implements CertificateAuthorit
       .onConflict((oc) => oc.column('id').doNothing())
       .execute();
     const stored = await this.find();
-    if (stored === undefined) throw new Error('the certificate authority row vanished right after its insert');
+    if (stored === undefined)
+      throw new Error('the certificate authority row vanished right after its insert');
     return stored;
   }
 }
