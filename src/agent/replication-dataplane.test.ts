@@ -19,11 +19,19 @@ import { test } from 'node:test';
 import { OsrError } from '../domain/errors.js';
 import { LocalFabric, writeDemoSite } from '../fabric/local/index.js';
 import { loadTlsIdentity } from './tls-identity.js';
+import { withPort } from './agent.js';
 import { DataPlaneReplicationService, parseHostPort } from './replication-dataplane.js';
 
 function code(err: unknown): string {
   return err instanceof OsrError ? err.code : String(err);
 }
+
+void test('--data-address takes a host alone (the port picked once fills in) or host:port', () => {
+  assert.equal(withPort('127.0.0.2', 4000), '127.0.0.2:4000');
+  assert.equal(withPort('10.0.0.5:9555', 4000), '10.0.0.5:9555');
+  assert.equal(withPort('::1', 4000), '[::1]:4000');
+  assert.equal(withPort('[::1]:80', 4000), '[::1]:80');
+});
 
 void test('parseHostPort reads host:port and [v6]:port and refuses anything else', () => {
   assert.deepEqual(parseHostPort('127.0.0.1:9443'), { host: '127.0.0.1', port: 9443 });

@@ -205,6 +205,11 @@ export function parseHostPort(address: string): { host: string; port: number } {
   return { host: m[1]!, port };
 }
 
+/** `host:port`, with `[host]` for an IPv6 host. */
+function joinHostPort(host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
 async function writeJson(file: string, value: unknown): Promise<void> {
   await writeFile(file + '.tmp', JSON.stringify(value, null, 2) + '\n');
   await rename(file + '.tmp', file);
@@ -597,7 +602,7 @@ export class DataPlaneReplicationService implements ReplicationService {
     return {
       replicaPath: this.#replicaDir(e.record.itemId),
       disks: e.record.disks.map((d) => d.id),
-      dataAddress: `${parseHostPort(this.#o.dataAddress).host}:${port}`,
+      dataAddress: joinHostPort(parseHostPort(this.#o.dataAddress).host, port),
       lastReceivedSeq: e.store.lastReceivedSeq(),
     };
   }
@@ -868,7 +873,7 @@ export class DataPlaneReplicationService implements ReplicationService {
     return {
       host: a.host,
       port,
-      address: `${a.host.includes(':') ? `[${a.host}]` : a.host}:${port}`,
+      address: joinHostPort(a.host, port),
       peerAuth:
         auth.mode === 'token' ? auth : { mode: 'certificate', identity: agentIdentityUri(r.peer.agentId) },
     };

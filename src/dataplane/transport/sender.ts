@@ -190,11 +190,6 @@ export class ReplicationSender {
     this.wake();
   }
 
-  /** Where the sender connects. */
-  get address(): { host: string; port: number } {
-    return { host: this.target.host, port: this.target.port };
-  }
-
   /** Last seq the receiver acknowledged. */
   get ackedSeq(): number {
     return this.acked;
