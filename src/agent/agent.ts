@@ -18,20 +18,21 @@ import type { FabricDriver } from '../fabric/driver.js';
 import { LocalFabric } from '../fabric/local/index.js';
 import { CommandExecutor, commandHandlers } from './commands.js';
 import { ControlPlaneClient, ControlPlaneError } from './control-plane.js';
-import type { ChannelCommand, Registration } from './control-plane.js';
+import type { ChannelCommand } from './control-plane.js';
 import {
   CommandLog,
-  ensureTlsIdentity,
   loadCredential,
   loadOrInitSettings,
   removeCredential,
   saveCredential,
 } from './data-dir.js';
-import type { AgentTlsIdentity, StoredCredential } from './data-dir.js';
+import type { StoredCredential } from './data-dir.js';
 import { parseProxyUrl } from './http.js';
 import { DataPlaneReplicationService } from './replication-dataplane.js';
 import { LifecycleService } from './lifecycle.js';
 import type { ReplicationService } from './replication.js';
+import { certificateRequest, loadTlsIdentity, renewalReason, saveIssuedIdentity } from './tls-identity.js';
+import type { AgentTlsIdentity } from './tls-identity.js';
 
 /** The log calls the agent makes (pino's signature). */
 export interface AgentLogger {
@@ -73,7 +74,10 @@ export interface SiteAgentOptions {
   proxy?: string;
   friendlyName?: string;
   version?: string;
-  /** host:port advertised for the site-to-site stream (default 127.0.0.1 and a port picked once). */
+  /**
+   * `host[:port]` advertised for the site-to-site stream: receivers listen on its host at the policies'
+   * replication ports (default host 127.0.0.1; default port, for items without a policy port, one picked once).
+   */
   dataAddress?: string;
   log?: AgentLogger;
   /** First reconnect delay (default 500 ms), doubled per failure up to `backoffMaxMs` (default 30 s). */
@@ -95,6 +99,8 @@ export interface SiteAgentOptions {
   replicationStatusMs?: number;
   /** Crash-consistent points this often instead of the policy's copy frequency (tests, demos). */
   crashPointIntervalMs?: number;
+  /** How often the agent checks whether its stream certificate needs renewing (default 1 min). */
+  certificateCheckMs?: number;
   /** Aborts a start that is still waiting for the control plane. */
   signal?: AbortSignal;
 }
@@ -192,7 +198,8 @@ export class SiteAgent {
   readonly #commandLog: CommandLog;
   readonly #executor: CommandExecutor;
   readonly #lifecycle: LifecycleService | undefined;
-  readonly #tls: AgentTlsIdentity;
+  readonly #dataPlane: DataPlaneReplicationService | undefined;
+  #tls: AgentTlsIdentity;
   readonly #dataAddress: string;
   readonly #stop = new AbortController();
   readonly #tasks = new Set<Promise<unknown>>();
@@ -217,9 +224,11 @@ export class SiteAgent {
     commandLog: CommandLog,
     tls: AgentTlsIdentity,
     dataAddress: string,
+    dataPlane: DataPlaneReplicationService | undefined,
     lifecycle?: LifecycleService,
   ) {
     this.#o = o;
+    this.#dataPlane = dataPlane;
     this.#lifecycle = lifecycle;
     this.#log = o.log ?? silent;
     this.#client = client;
@@ -249,6 +258,11 @@ export class SiteAgent {
   /** The stored registration. */
   get credential(): StoredCredential {
     return this.#credential;
+  }
+
+  /** The certificate, key and CA the agent uses on the stream now. */
+  get tls(): AgentTlsIdentity {
+    return this.#tls;
   }
 
   /** The command log (ids run, outcomes). */
@@ -302,9 +316,9 @@ export class SiteAgent {
       server,
       ...(o.proxy === undefined ? {} : { proxy: parseProxyUrl(o.proxy) }),
     });
-    const tls = await ensureTlsIdentity(o.dataDir, `osr-agent-${o.site}`);
+    let tls = await loadTlsIdentity(o.dataDir, `osr-agent-${o.site}`);
     const settings = await loadOrInitSettings(o.dataDir, async () => ({ dataPort: await pickPort() }));
-    const dataAddress = o.dataAddress ?? `127.0.0.1:${settings.dataPort}`;
+    const dataAddress = withPort(o.dataAddress ?? '127.0.0.1', settings.dataPort);
     const commandLog = await CommandLog.open(o.dataDir);
     let fabric: FabricDriver | undefined = o.fabric;
     let replication: ReplicationService | undefined = o.replication;
@@ -315,6 +329,7 @@ export class SiteAgent {
             dataDir: o.dataDir,
             identity: tls,
             dataAddress,
+            peerLookup: (siteId) => client.peer(siteId),
             log,
             ...(o.crashPointIntervalMs === undefined ? {} : { crashPointIntervalMs: o.crashPointIntervalMs }),
           })
@@ -345,7 +360,10 @@ export class SiteAgent {
       await replication.resume();
       if (credential === undefined && key !== undefined) {
         const signal = o.signal ?? new AbortController().signal;
-        credential = await registerWithRetry(o, log, client, key, tls, dataAddress, server, signal);
+        const registered = await registerWithRetry(o, log, client, key, tls, dataAddress, server, signal);
+        credential = registered.credential;
+        tls = registered.tls;
+        dataPlane?.setIdentity(tls);
       }
       if (credential === undefined) throw new OsrError('INTERNAL', 'no credential after registration');
       client.credential = credential.credential;
@@ -358,6 +376,7 @@ export class SiteAgent {
         commandLog,
         tls,
         dataAddress,
+        dataPlane,
         lifecycle,
       );
       agent.#run();
@@ -391,6 +410,7 @@ export class SiteAgent {
     this.#spawn('heartbeat', () => this.#heartbeatLoop());
     this.#spawn('inventory', () => this.#inventoryLoop());
     this.#spawn('commands', () => this.#commandLoop());
+    this.#spawn('certificate', () => this.#certificateLoop());
     if (this.replication.report !== undefined) this.#spawn('replication status', () => this.#statusLoop());
   }
 
@@ -446,7 +466,7 @@ export class SiteAgent {
       }
       const key = await readKeyFile(this.#o.keyFile);
       await removeCredential(this.#o.dataDir);
-      this.#credential = await registerWithRetry(
+      const registered = await registerWithRetry(
         this.#o,
         this.#log,
         this.#client,
@@ -456,6 +476,8 @@ export class SiteAgent {
         this.#client.server,
         this.#stop.signal,
       );
+      this.#credential = registered.credential;
+      this.#useIdentity(registered.tls);
       this.#client.credential = this.#credential.credential;
       this.#inventoryDirty = true;
     })().finally(() => (this.#reauth = undefined));
@@ -473,9 +495,7 @@ export class SiteAgent {
     while (!signal.aborted) {
       try {
         await this.#client.heartbeat(
-          first
-            ? { version: this.#version(), dataAddress: this.#dataAddress, certificatePem: this.#tls.certPem }
-            : {},
+          first ? { version: this.#version(), dataAddress: this.#dataAddress } : {},
           signal,
         );
         first = false;
@@ -486,6 +506,46 @@ export class SiteAgent {
         if (signal.aborted) return;
         await this.#onError(err, 'heartbeat');
         await sleep(Math.min(backoff.next(), this.#credential.heartbeatIntervalMs), signal);
+      }
+    }
+  }
+
+  #useIdentity(tls: AgentTlsIdentity): void {
+    this.#tls = tls;
+    this.#dataPlane?.setIdentity(tls);
+  }
+
+  /**
+   * Keeps the stream certificate issued by the control plane's CA: at start (an agent made before the control
+   * plane had a CA trades its self-signed certificate in here, without registering again) and whenever it nears
+   * the end of its life.
+   */
+  async #certificateLoop(): Promise<void> {
+    const signal = this.#stop.signal;
+    const backoff = this.#backoff();
+    const everyMs = this.#o.certificateCheckMs ?? 60_000;
+    while (!signal.aborted) {
+      const reason = renewalReason(this.#tls, this.agentId, new Date());
+      if (reason === null) {
+        await sleep(everyMs, signal);
+        continue;
+      }
+      try {
+        const issued = await this.#client.renewCertificate(
+          certificateRequest(this.#tls, this.agentId),
+          signal,
+        );
+        this.#useIdentity(await saveIssuedIdentity(this.#o.dataDir, this.#tls, issued));
+        backoff.reset();
+        this.#markReachable();
+        this.#log.info(
+          { why: reason, expiresAt: issued.expiresAt },
+          'stream certificate issued by the control plane',
+        );
+      } catch (err) {
+        if (signal.aborted) return;
+        await this.#onError(err, 'certificate');
+        await sleep(backoff.next(), signal);
       }
     }
   }
@@ -667,18 +727,19 @@ async function registerWithRetry(
   dataAddress: string,
   server: string,
   signal: AbortSignal,
-): Promise<StoredCredential> {
+): Promise<{ credential: StoredCredential; tls: AgentTlsIdentity }> {
   const backoff = new Backoff(o.backoffInitialMs ?? 500, o.backoffMaxMs ?? 30_000);
   for (;;) {
-    let reg: Registration;
+    let answer: Awaited<ReturnType<ControlPlaneClient['register']>>;
     try {
-      reg = await client.register(
+      answer = await client.register(
         key.key,
         {
           friendlyName: o.friendlyName ?? `${o.site}@${hostname()}`,
           version: o.version ?? '0.1.0',
           dataAddress,
-          certificatePem: tls.certPem,
+          // The agent has no id yet: its request names its site.
+          certificateRequestPem: certificateRequest(tls, o.site),
         },
         signal,
       );
@@ -696,15 +757,30 @@ async function registerWithRetry(
       if (err instanceof ControlPlaneError) throw err.toOsrError();
       throw err;
     }
+    const { certificate, ...reg } = answer;
     if (reg.siteName !== o.site) {
       throw new OsrError(
         'VALIDATION_FAILED',
         `the key registered this agent for site '${reg.siteName}', not '${o.site}'`,
       );
     }
-    const stored: StoredCredential = { ...reg, server, registeredAt: new Date().toISOString() };
+    const stored: StoredCredential = {
+      ...reg,
+      server,
+      registeredAt: new Date().toISOString(),
+    };
     await saveCredential(o.dataDir, stored);
     log.info({ agentId: reg.agentId, site: reg.siteName }, 'registered with the control plane');
-    return stored;
+    return {
+      credential: stored,
+      tls: certificate === undefined ? tls : await saveIssuedIdentity(o.dataDir, tls, certificate),
+    };
   }
+}
+
+/** `host` or `host:port` as `host:port`, `port` filling in a missing one (`[v6]` for IPv6 hosts). */
+export function withPort(address: string, port: number): string {
+  if (/^(\[[^\]]+\]|[^:]+):\d{1,5}$/.test(address)) return address;
+  const host = address.replace(/^\[|\]$/g, '');
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

@@ -67,7 +67,15 @@ export interface RegisterFields {
   friendlyName: string;
   version: string;
   dataAddress?: string;
-  certificatePem?: string;
+  /** A PKCS #10 request for the agent's stream certificate (its key never leaves the agent). */
+  certificateRequestPem?: string;
+}
+
+/** A certificate the control plane's CA issued to the agent. */
+export interface IssuedCertificate {
+  certificatePem: string;
+  caCertificatePem: string;
+  expiresAt: string;
 }
 
 /** Options of `ControlPlaneClient`. */
@@ -91,14 +99,21 @@ export class ControlPlaneClient {
     this.#timeoutMs = options.timeoutMs ?? 30_000;
   }
 
-  register(key: string, fields: RegisterFields, signal?: AbortSignal): Promise<Registration> {
-    return this.#call<Registration>('POST', '/agent/register', { key, ...fields }, { signal, auth: false });
+  /** Registers; with a certificate request the answer carries the issued certificate too. */
+  register(
+    key: string,
+    fields: RegisterFields,
+    signal?: AbortSignal,
+  ): Promise<Registration & { certificate?: IssuedCertificate }> {
+    return this.#call('POST', '/agent/register', { key, ...fields }, { signal, auth: false });
   }
 
-  async heartbeat(
-    fields: { version?: string; dataAddress?: string; certificatePem?: string },
-    signal?: AbortSignal,
-  ): Promise<void> {
+  /** Trades a certificate request for a certificate (an upgrade from a self-signed one, or a renewal). */
+  renewCertificate(certificateRequestPem: string, signal?: AbortSignal): Promise<IssuedCertificate> {
+    return this.#call('POST', '/agent/certificate', { certificateRequestPem }, { signal });
+  }
+
+  async heartbeat(fields: { version?: string; dataAddress?: string }, signal?: AbortSignal): Promise<void> {
     await this.#call('POST', '/agent/heartbeat', fields, { signal });
   }
 

@@ -1,11 +1,9 @@
 /**
  * What an agent keeps in its data folder: its credential (mode 0600; reused on restart
- * so a restarted agent does not register again), its self-issued TLS key and
- * certificate for the site-to-site stream, and the log of the commands it ran (so a
- * command redelivered after a crash is answered from the log instead of run twice).
+ * so a restarted agent does not register again), its settings, and the log of the
+ * commands it ran (so a command redelivered after a crash is answered from the log
+ * instead of run twice). Its TLS key and certificates are `tls-identity.ts`'s.
  */
-import { execFile } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
 import { chmod, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -60,73 +58,6 @@ export async function saveCredential(dataDir: string, c: StoredCredential): Prom
 /** Forgets the credential (after the control plane refused it). */
 export async function removeCredential(dataDir: string): Promise<void> {
   await rm(join(dataDir, CREDENTIAL_FILE), { force: true });
-}
-
-/** The agent's TLS identity for the site-to-site stream. */
-export interface AgentTlsIdentity {
-  certPem: string;
-  keyPem: string;
-  /** SHA-256 fingerprint peers pin. */
-  fingerprint256: string;
-}
-
-/**
- * Loads `tls/cert.pem` + `tls/key.pem`, generating a self-signed P-256 pair with
- * `openssl` on first start (valid 10 years; peers pin the certificate, so no CA).
- */
-export async function ensureTlsIdentity(dataDir: string, commonName: string): Promise<AgentTlsIdentity> {
-  const dir = join(dataDir, 'tls');
-  const certFile = join(dir, 'cert.pem');
-  const keyFile = join(dir, 'key.pem');
-  try {
-    const [certPem, keyPem] = await Promise.all([readFile(certFile, 'utf8'), readFile(keyFile, 'utf8')]);
-    return { certPem, keyPem, fingerprint256: new X509Certificate(certPem).fingerprint256 };
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const tmpKey = `${keyFile}.tmp`;
-  const tmpCert = `${certFile}.tmp`;
-  await new Promise<void>((resolve, reject) => {
-    execFile(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:prime256v1',
-        '-nodes',
-        '-days',
-        '3650',
-        '-subj',
-        `/CN=${commonName.replace(/[^A-Za-z0-9._-]/g, '-')}`,
-        '-addext',
-        'subjectAltName=DNS:localhost,IP:127.0.0.1',
-        '-keyout',
-        tmpKey,
-        '-out',
-        tmpCert,
-      ],
-      { timeout: 30_000 },
-      (err, _stdout, stderr) => {
-        if (err) {
-          reject(
-            new Error(
-              `cannot generate the agent's TLS certificate with openssl (is it installed?): ${err.message} ${stderr}`,
-              { cause: err },
-            ),
-          );
-        } else resolve();
-      },
-    );
-  });
-  await chmod(tmpKey, 0o600);
-  await rename(tmpKey, keyFile);
-  await rename(tmpCert, certFile);
-  const [certPem, keyPem] = await Promise.all([readFile(certFile, 'utf8'), readFile(keyFile, 'utf8')]);
-  return { certPem, keyPem, fingerprint256: new X509Certificate(certPem).fingerprint256 };
 }
 
 /** Small settings the agent picks once and keeps (e.g. the data port it advertises). */

@@ -14,8 +14,8 @@ import { OsrError } from '../domain/errors.js';
 import { LocalFabric, writeDemoSite } from '../fabric/local/index.js';
 import type { LocalMachineCreateSpec } from '../fabric/local/index.js';
 import type { ReplicaExposeResult } from '../workflows/agent-commands.js';
-import { ensureTlsIdentity } from './data-dir.js';
-import type { AgentTlsIdentity } from './data-dir.js';
+import { loadTlsIdentity } from './tls-identity.js';
+import type { AgentTlsIdentity } from './tls-identity.js';
 import { LifecycleService } from './lifecycle.js';
 import { DataPlaneReplicationService } from './replication-dataplane.js';
 
@@ -26,7 +26,7 @@ let identity: AgentTlsIdentity;
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'osr-lifecycle-'));
-  identity = await ensureTlsIdentity(join(dir, 'tls-home'), 'lifecycle-test');
+  identity = await loadTlsIdentity(join(dir, 'tls-home'), 'lifecycle-test');
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -36,13 +36,17 @@ import { runInitialCopy } from '../dataplane/resync/initial-copy.js';
 import { OfflineSeedReader, OfflineSeedWriter } from '../dataplane/resync/offline-seed.js';
 import { runResync } from '../dataplane/resync/resync.js';
 import { replicationStatus } from '../dataplane/status.js';
+import { AUTH_REFUSAL_CODES } from '../dataplane/transport/link-auth.js';
+import type { PeerAuth } from '../dataplane/transport/link-auth.js';
 import { ReplicationReceiver } from '../dataplane/transport/receiver.js';
 import { ReplicationSender } from '../dataplane/transport/sender.js';
 import { OsrError } from '../domain/errors.js';
 import type { BandwidthPolicy, InitialReplication } from '../domain/model.js';
 import { bandwidthLimitAt } from '../domain/policy.js';
+import { agentIdentityUri } from '../domain/x509.js';
 import type { FabricDriver } from '../fabric/driver.js';
-import type { AgentTlsIdentity } from './data-dir.js';
+import type { StreamAuth } from '../workflows/trust.js';
+import type { AgentTlsIdentity } from './tls-identity.js';
 import type {
   ReplicaPreparePayload,
   ReplicationReport,
@@ -78,10 +82,20 @@ interface RuntimeAccess {
 export interface DataPlaneReplicationOptions {
   /** The agent's data folder. */
   dataDir: string;
-  /** The agent's certificate and key: presented to peers, pinned by them. */
+  /** The agent's key, certificate and the CA it trusts (`setIdentity` replaces them after a renewal). */
   identity: AgentTlsIdentity;
-  /** `host:port` the receiver listens on (the address the agent registered). */
+  /**
+   * `host:port` the agent registered: receivers listen on its host, at each policy's replication port (R-POL-7),
+   * or at its port for items whose policy names none (prepared by an older control plane).
+   */
   dataAddress: string;
+  /**
+   * Where the control plane says a site's agent is now (`GET /agent/peers/{site}`): a sender whose link is down
+   * asks it, and follows a recovery agent that moved or registered again.
+   */
+  peerLookup?: (siteId: string) => Promise<{ agentId: string; dataAddress: string | null }>;
+  /** A sender asks `peerLookup` at most this often while its link is down (default 5 s). */
+  peerRefreshMs?: number;
   /** Set here or later with `bindFabric` (the fabric is opened after `load`). */
   fabric?: FabricDriver;
   log?: ReplicationLogger;
@@ -101,6 +115,8 @@ interface DataPolicy {
   compression: boolean;
   bandwidth: BandwidthPolicy;
   initialReplication: InitialReplication;
+  /** null: the payload named none (an older control plane), the agent's data address port is used. */
+  replicationPort: number | null;
 }
 
 function parsePolicy(raw: unknown): DataPolicy {
@@ -111,6 +127,7 @@ function parsePolicy(raw: unknown): DataPolicy {
   };
   const ir = p['initialReplication'] as InitialReplication | undefined;
   const bw = p['bandwidth'] as BandwidthPolicy | undefined;
+  const port = p['replicationPort'];
   return {
     copyFrequencySeconds: Math.max(1, num('copyFrequencySeconds', 300)),
     retentionHours: num('retentionHours', 24),
@@ -124,7 +141,22 @@ function parsePolicy(raw: unknown): DataPolicy {
       ir !== undefined && typeof ir === 'object' && ['now', 'scheduled', 'offline'].includes(ir.mode)
         ? ir
         : { mode: 'now' },
+    replicationPort:
+      typeof port === 'number' && Number.isInteger(port) && port > 0 && port < 65536 ? port : null,
   };
+}
+
+/** The payload's stream authentication; certificate unless it carries a token. */
+function parseAuth(raw: unknown): StreamAuth {
+  const a = (typeof raw === 'object' && raw !== null ? raw : {}) as Record<string, unknown>;
+  if (a['mode'] !== 'token') return { mode: 'certificate' };
+  const token = a['token'];
+  if (typeof token !== 'string' || token.length < 16) {
+    throw new OsrError('VALIDATION_FAILED', "auth: token mode needs the item's replication token", {
+      details: { field: 'auth.token' },
+    });
+  }
+  return { mode: 'token', token };
 }
 
 function checkItemId(itemId: unknown): string {
@@ -171,6 +203,11 @@ export function parseHostPort(address: string): { host: string; port: number } {
     });
   }
   return { host: m[1]!, port };
+}
+
+/** `host:port`, with `[host]` for an IPv6 host. */
+function joinHostPort(host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
 async function writeJson(file: string, value: unknown): Promise<void> {
@@ -222,8 +259,10 @@ interface SourceRecord {
   desired: 'Running' | 'Stopped';
   machine: { id: string; name: string };
   disks: { id: string; sizeBytes: number }[];
-  peer: { agentId: string; siteId: string; dataAddress: string; certificatePem: string };
+  peer: { agentId: string; siteId: string; dataAddress: string };
   policy: DataPolicy;
+  /** Absent: certificate (records of older agents). */
+  auth?: StreamAuth;
   since: string;
   /** pending → copying → sent (lastSeq journaled) → done (acknowledged by the recovery site). */
   copy: { state: 'pending' | 'copying' | 'sent' | 'done'; lastSeq: number | null; totalBytes: number };
@@ -244,6 +283,9 @@ interface SourceGroup {
   /** Markers journaled by this process (seq, time, type), for the RPO the source can vouch for. */
   markers: RecoveryPointInfo[];
   error: string | null;
+  /** The control plane lookup of the peer in flight, and when the last one started. */
+  peerCheck: Promise<void> | undefined;
+  peerCheckedAt: number;
 }
 
 /** The persisted state of a replica at the recovery site. */
@@ -252,7 +294,10 @@ interface ReplicaRecord {
   machine: { id: string; name: string };
   disks: { id: string; sizeBytes: number }[];
   policy: DataPolicy;
-  peerCertificatePem: string | null;
+  /** The source agent, the only one that may stream to this replica (null: a replica an older agent prepared). */
+  peer: { agentId: string; siteId: string } | null;
+  /** Absent: certificate. */
+  auth?: StreamAuth;
   preparedAt: string;
   /** False once a failover stopped applying received batches (R-FO-5); absent = applying. */
   receiving?: boolean;
@@ -272,9 +317,13 @@ export class DataPlaneReplicationService implements ReplicationService {
   #fabric: FabricDriver | undefined;
   readonly #sources = new Map<string, SourceGroup>();
   readonly #replicas = new Map<string, ReplicaEntry>();
-  #receiver: ReplicationReceiver | undefined;
-  #receiverPins = '';
+  #identity: AgentTlsIdentity;
+  /** One receiver per replication port in use, all on the data address's host. */
+  readonly #receivers = new Map<number, ReplicationReceiver>();
+  /** Ports a receiver could not listen on, with why (retried every few seconds). */
+  readonly #listenErrors = new Map<number, OsrError>();
   #receiverChain: Promise<void> = Promise.resolve();
+  #listenRetry: NodeJS.Timeout | undefined;
   #pruneTimer: NodeJS.Timeout | undefined;
   #loaded = false;
   #closed = false;
@@ -284,7 +333,20 @@ export class DataPlaneReplicationService implements ReplicationService {
     this.#o = options;
     this.#log = options.log ?? silent;
     this.#fabric = options.fabric;
+    this.#identity = options.identity;
     parseHostPort(options.dataAddress);
+  }
+
+  /** Uses a new certificate (and CA) from the next connection on, in every receiver and sender. */
+  setIdentity(identity: AgentTlsIdentity): void {
+    this.#identity = identity;
+    const tls = this.#tlsIdentity();
+    for (const r of this.#receivers.values()) r.setIdentity(tls, identity.caPem ?? undefined);
+    for (const g of this.#sources.values()) g.sender?.setIdentity(tls, identity.caPem ?? undefined);
+  }
+
+  #tlsIdentity(): { key: string; cert: string } {
+    return { key: this.#identity.keyPem, cert: this.#identity.certPem };
   }
 
   /** The fabric whose disks are replicated (when it was not given to the constructor). */
@@ -365,7 +427,7 @@ export class DataPlaneReplicationService implements ReplicationService {
       const r: ReplicaRecord = {
         ...raw,
         policy: parsePolicy(raw.policy),
-        peerCertificatePem: typeof raw.peerCertificatePem === 'string' ? raw.peerCertificatePem : null,
+        peer: typeof raw.peer?.agentId === 'string' ? raw.peer : null,
       };
       try {
         this.#replicas.set(r.itemId, await this.#openReplica(r));
@@ -391,6 +453,8 @@ export class DataPlaneReplicationService implements ReplicationService {
           ? []
           : [{ id: String(record.lastMarker.seq), ...record.lastMarker, pending: false }],
       error: null,
+      peerCheck: undefined,
+      peerCheckedAt: 0,
     };
   }
 
@@ -466,13 +530,14 @@ export class DataPlaneReplicationService implements ReplicationService {
         this.#log.error({ itemId: g.record.itemId, err }, 'cannot resume replicating the item');
       }
     }
-    await this.#refreshReceiver();
-    this.#pruneTimer = setInterval(() => {
-      void this.#prune();
-      // A receiver that could not listen (port taken) is tried again.
-      if (this.#receiver === undefined) void this.#refreshReceiver().catch(() => undefined);
-    }, this.#o.pruneIntervalMs ?? 60_000);
+    await this.#refreshReceivers();
+    this.#pruneTimer = setInterval(() => void this.#prune(), this.#o.pruneIntervalMs ?? 60_000);
     this.#pruneTimer.unref();
+    // A port another program held may be free now: its receiver is tried again.
+    this.#listenRetry = setInterval(() => {
+      if (this.#listenErrors.size > 0) void this.#refreshReceivers();
+    }, 3000);
+    this.#listenRetry.unref();
   }
 
   // ---- recovery side ----------------------------------------------------------------------------
@@ -481,13 +546,20 @@ export class DataPlaneReplicationService implements ReplicationService {
     const itemId = checkItemId(p.itemId);
     return this.#locked(itemId, async () => {
       const disks = checkDisks(p.disks, 'replica.prepare');
-      const peerCert = p.peer?.certificatePem ?? null;
+      const peer = p.peer === undefined ? null : { agentId: p.peer.agentId, siteId: p.peer.siteId };
+      const policy = parsePolicy(p.policy);
+      const auth = parseAuth(p.auth);
       const existing = this.#replicas.get(itemId);
       const keep = p.resync === true || p.replicaExists === true;
-      if (existing !== undefined && !keep && existing.record.peerCertificatePem === peerCert) {
+      if (
+        existing !== undefined &&
+        !keep &&
+        JSON.stringify([existing.record.peer, existing.record.auth, existing.record.disks]) ===
+          JSON.stringify([peer, auth, disks]) &&
+        existing.record.policy.replicationPort === policy.replicationPort
+      ) {
         // A repeated command (same item, same source): the replica is already there.
-        const same = JSON.stringify(existing.record.disks) === JSON.stringify(disks);
-        if (same) return this.#prepared(existing);
+        return this.#prepared(existing, await this.#listening(existing));
       }
       if (existing !== undefined) {
         this.#replicas.delete(itemId);
@@ -500,23 +572,37 @@ export class DataPlaneReplicationService implements ReplicationService {
         itemId,
         machine: p.machine,
         disks,
-        policy: parsePolicy(p.policy),
-        peerCertificatePem: peerCert,
+        policy,
+        peer,
+        auth,
         preparedAt: new Date().toISOString(),
       };
       const entry = await this.#openReplica(record);
       await writeJson(join(dir, 'replica.json'), record);
       this.#replicas.set(itemId, entry);
-      await this.#refreshReceiver();
-      return this.#prepared(entry);
+      return this.#prepared(entry, await this.#listening(entry));
     });
   }
 
-  #prepared(e: ReplicaEntry): unknown {
+  /** The port a replica's stream arrives on: its policy's, else the data address's. */
+  #portOf(r: ReplicaRecord): number {
+    return r.policy.replicationPort ?? parseHostPort(this.#o.dataAddress).port;
+  }
+
+  /** Makes sure the replica's port has a receiver; REPLICATION_PORT_IN_USE (or the listen error) otherwise. */
+  async #listening(e: ReplicaEntry): Promise<number> {
+    await this.#refreshReceivers();
+    const port = this.#portOf(e.record);
+    const err = this.#listenErrors.get(port);
+    if (err !== undefined) throw err;
+    return port;
+  }
+
+  #prepared(e: ReplicaEntry, port: number): unknown {
     return {
       replicaPath: this.#replicaDir(e.record.itemId),
       disks: e.record.disks.map((d) => d.id),
-      dataAddress: this.#o.dataAddress,
+      dataAddress: joinHostPort(parseHostPort(this.#o.dataAddress).host, port),
       lastReceivedSeq: e.store.lastReceivedSeq(),
     };
   }
@@ -530,51 +616,92 @@ export class DataPlaneReplicationService implements ReplicationService {
       if (e !== undefined) await e.store.close();
       const existed = e !== undefined || fs.existsSync(dir);
       await rm(dir, { recursive: true, force: true });
-      await this.#refreshReceiver();
+      await this.#refreshReceivers();
       return { deleted: existed, replicaPath: dir };
     });
   }
 
-  /** (Re)starts the receiver when the set of pinned source certificates changed. */
-  #refreshReceiver(): Promise<void> {
+  /** How the sender of a group must authenticate: the item's token, or a CA certificate naming its source agent. */
+  #peerAuthFor(groupId: string): PeerAuth | undefined {
+    const e = this.#replicas.get(groupId);
+    if (e === undefined) return undefined;
+    const auth = e.record.auth ?? { mode: 'certificate' };
+    if (auth.mode === 'token') return auth;
+    // A replica prepared by an older agent does not know its source agent: nobody can prove to be it.
+    return { mode: 'certificate', identity: agentIdentityUri(e.record.peer?.agentId ?? 'unknown-source') };
+  }
+
+  /**
+   * Opens a receiver for every port a replica needs and closes those no replica needs any more. A port that
+   * cannot be listened on is remembered in `#listenErrors` (the item reports it; it is retried) — never thrown
+   * from here, so one taken port does not stop the others.
+   */
+  #refreshReceivers(): Promise<void> {
     const run = async (): Promise<void> => {
       if (this.#closed) return;
-      const pins = [
-        ...new Set(
-          [...this.#replicas.values()]
-            .map((e) => e.record.peerCertificatePem)
-            .filter((c): c is string => c !== null),
-        ),
-      ].sort();
-      const key = pins.join('\n');
-      if (key === this.#receiverPins && (this.#receiver !== undefined || pins.length === 0)) return;
-      const old = this.#receiver;
-      this.#receiver = undefined;
-      this.#receiverPins = key;
-      if (old !== undefined) await old.close();
-      if (pins.length === 0) return;
-      const { host, port } = parseHostPort(this.#o.dataAddress);
-      this.#receiver = await ReplicationReceiver.listen({
-        host,
-        port,
-        identity: { key: this.#o.identity.keyPem, cert: this.#o.identity.certPem },
-        peerCertificates: pins,
-        sinkFor: (groupId) => this.#replicas.get(groupId)?.store,
-        offlineSeedFor: (groupId) => this.#seedFor(groupId),
-        onEvent: (e) => {
-          if (e.type === 'refused') this.#log.warn({ reason: e.reason }, 'replication connection refused');
-          else if (e.type === 'connected')
-            this.#log.info({ itemId: e.groupId, resumeSeq: e.resumeSeq }, 'replication stream connected');
-          else this.#log.debug({ itemId: e.groupId, err: e.error?.message }, 'replication stream ended');
-        },
-      });
-      this.#log.info({ address: this.#o.dataAddress, peers: pins.length }, 'replication receiver listening');
+      const wanted = new Set([...this.#replicas.values()].map((e) => this.#portOf(e.record)));
+      for (const [port, receiver] of this.#receivers) {
+        if (wanted.has(port)) continue;
+        this.#receivers.delete(port);
+        await receiver.close();
+      }
+      for (const port of this.#listenErrors.keys()) if (!wanted.has(port)) this.#listenErrors.delete(port);
+      const { host } = parseHostPort(this.#o.dataAddress);
+      for (const port of wanted) {
+        if (this.#receivers.has(port)) continue;
+        try {
+          this.#receivers.set(
+            port,
+            await ReplicationReceiver.listen({
+              host,
+              port,
+              identity: this.#tlsIdentity(),
+              ...(this.#identity.caPem === null ? {} : { trustedCa: this.#identity.caPem }),
+              sinkFor: (groupId) => this.#replicas.get(groupId)?.store,
+              peerAuthFor: (groupId) => this.#peerAuthFor(groupId),
+              offlineSeedFor: (groupId) => this.#seedFor(groupId),
+              onEvent: (e) => {
+                if (e.type === 'refused')
+                  this.#log.warn({ port, reason: e.reason }, 'replication connection refused');
+                else if (e.type === 'connected')
+                  this.#log.info(
+                    { itemId: e.groupId, resumeSeq: e.resumeSeq },
+                    'replication stream connected',
+                  );
+                else
+                  this.#log.debug({ itemId: e.groupId, err: e.error?.message }, 'replication stream ended');
+              },
+            }),
+          );
+          if (this.#listenErrors.delete(port)) this.#log.info({ host, port }, 'replication port free again');
+          this.#log.info({ host, port }, 'replication receiver listening');
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          const error =
+            code === 'EADDRINUSE'
+              ? new OsrError(
+                  'REPLICATION_PORT_IN_USE',
+                  `the replication port ${host}:${port} is already in use on the recovery agent's host`,
+                  { details: { host, port }, cause: err },
+                )
+              : new OsrError(
+                  'OPERATION_UNAVAILABLE',
+                  `cannot listen on ${host}:${port}: ${(err as Error).message}`,
+                  {
+                    details: { host, port, code },
+                    cause: err,
+                  },
+                );
+          if (!this.#listenErrors.has(port))
+            this.#log.error({ host, port, err: error.message }, 'cannot listen for replication streams');
+          this.#listenErrors.set(port, error);
+        }
+      }
     };
     const p = this.#receiverChain.then(run);
-    this.#receiverChain = p.catch((err: unknown) => {
-      this.#receiverPins = '';
-      this.#log.error({ err, address: this.#o.dataAddress }, 'cannot listen for replication streams');
-    });
+    this.#receiverChain = p.catch((err: unknown) =>
+      this.#log.error({ err }, 'updating the replication receivers failed'),
+    );
     return p;
   }
 
@@ -610,14 +737,15 @@ export class DataPlaneReplicationService implements ReplicationService {
       const fabric = this.#fabricOrThrow();
       const disks = checkDisks(p.disks, 'replication.start');
       const peer = p.peer;
-      if (peer?.dataAddress == null || peer.certificatePem == null) {
+      if (peer?.dataAddress == null) {
         throw new OsrError(
           'AGENT_NOT_REGISTERED',
-          'the recovery site agent has not announced its data address and certificate yet',
+          'the recovery site agent has not announced its data address yet',
           { details: { itemId, peer: peer?.agentId ?? null } },
         );
       }
       parseHostPort(peer.dataAddress);
+      const auth = parseAuth(p.auth);
       const machine = await fabric.findMachine(p.machine.name);
       if (machine === undefined) {
         throw new OsrError('NOT_FOUND', `machine '${p.machine.name}' is not on this site`, {
@@ -634,12 +762,18 @@ export class DataPlaneReplicationService implements ReplicationService {
       const policy = parsePolicy(p.policy);
       const running = this.#sources.get(itemId);
       if (running !== undefined) {
-        const samePeer =
-          running.record.peer.dataAddress === peer.dataAddress &&
-          running.record.peer.certificatePem === peer.certificatePem;
-        if (samePeer && JSON.stringify(running.record.disks) === JSON.stringify(disks)) {
-          return this.#started(running);
-        }
+        const same =
+          JSON.stringify([
+            running.record.peer,
+            running.record.auth ?? { mode: 'certificate' },
+            running.record.disks,
+          ]) ===
+            JSON.stringify([
+              { agentId: peer.agentId, siteId: peer.siteId, dataAddress: peer.dataAddress },
+              auth,
+              disks,
+            ]) && running.record.policy.replicationPort === policy.replicationPort;
+        if (same) return this.#started(running);
         await this.#stopGroup(running, false);
         this.#sources.delete(itemId);
       }
@@ -652,13 +786,9 @@ export class DataPlaneReplicationService implements ReplicationService {
         desired: 'Running',
         machine: { id: p.machine.id, name: p.machine.name },
         disks,
-        peer: {
-          agentId: peer.agentId,
-          siteId: peer.siteId,
-          dataAddress: peer.dataAddress,
-          certificatePem: peer.certificatePem,
-        },
+        peer: { agentId: peer.agentId, siteId: peer.siteId, dataAddress: peer.dataAddress },
         policy,
+        auth,
         since: new Date().toISOString(),
         copy:
           running?.record.copy ??
@@ -691,7 +821,7 @@ export class DataPlaneReplicationService implements ReplicationService {
       capture: 'journal',
       disks: g.record.disks.map((d) => d.id),
       shipping: true,
-      peer: g.record.peer.dataAddress,
+      peer: this.#targetOf(g.record).address,
       initialReplication: g.record.policy.initialReplication.mode,
     };
   }
@@ -720,6 +850,7 @@ export class DataPlaneReplicationService implements ReplicationService {
   async #stopGroup(g: SourceGroup, detach: boolean): Promise<void> {
     g.stop.abort();
     await g.task;
+    await g.peerCheck;
     await g.sender?.stop();
     if (detach && this.#fabric !== undefined) {
       for (const d of g.record.disks) {
@@ -734,16 +865,69 @@ export class DataPlaneReplicationService implements ReplicationService {
     await g.journal.close();
   }
 
+  /** Where a source connects, and how the recovery agent there must prove itself. */
+  #targetOf(r: SourceRecord): { host: string; port: number; address: string; peerAuth: PeerAuth } {
+    const a = parseHostPort(r.peer.dataAddress);
+    const port = r.policy.replicationPort ?? a.port;
+    const auth = r.auth ?? { mode: 'certificate' };
+    return {
+      host: a.host,
+      port,
+      address: joinHostPort(a.host, port),
+      peerAuth:
+        auth.mode === 'token' ? auth : { mode: 'certificate', identity: agentIdentityUri(r.peer.agentId) },
+    };
+  }
+
+  /**
+   * While the link is down, asks the control plane where the recovery site's agent is now and follows it when
+   * it moved (another address) or registered again (another agent id): no Repair needed (rate-limited).
+   */
+  async #refreshPeer(g: SourceGroup): Promise<void> {
+    const lookup = this.#o.peerLookup;
+    const now = Date.now();
+    if (
+      lookup === undefined ||
+      g.peerCheck !== undefined ||
+      now - g.peerCheckedAt < (this.#o.peerRefreshMs ?? 5000)
+    )
+      return;
+    g.peerCheckedAt = now;
+    const r = g.record;
+    g.peerCheck = (async () => {
+      try {
+        const found = await lookup(r.peer.siteId);
+        if (g.stop.signal.aborted || found.dataAddress === null) return;
+        if (found.dataAddress === r.peer.dataAddress && found.agentId === r.peer.agentId) return;
+        parseHostPort(found.dataAddress);
+        this.#log.info(
+          { itemId: r.itemId, from: r.peer, to: found },
+          'the recovery site agent moved; replicating to its new address',
+        );
+        r.peer = { ...r.peer, agentId: found.agentId, dataAddress: found.dataAddress };
+        await this.#save(g);
+        const t = this.#targetOf(r);
+        g.sender?.retarget(t.host, t.port, t.peerAuth);
+      } catch (err) {
+        this.#log.debug({ itemId: r.itemId, err: (err as Error).message }, 'peer lookup failed');
+      } finally {
+        g.peerCheck = undefined;
+      }
+    })();
+    await g.peerCheck;
+  }
+
   #startGroup(g: SourceGroup): void {
     const r = g.record;
-    const { host, port } = parseHostPort(r.peer.dataAddress);
+    const target = this.#targetOf(r);
     const sender = new ReplicationSender({
       journal: g.journal,
       groupId: r.itemId,
-      host,
-      port,
-      identity: { key: this.#o.identity.keyPem, cert: this.#o.identity.certPem },
-      peerCertificate: r.peer.certificatePem,
+      host: target.host,
+      port: target.port,
+      identity: this.#tlsIdentity(),
+      ...(this.#identity.caPem === null ? {} : { trustedCa: this.#identity.caPem }),
+      peerAuth: target.peerAuth,
       compress: r.policy.compression,
       bandwidthLimitAt: (at) => bandwidthLimitAt(r.policy.bandwidth, at),
       backoff: { initialMs: 200, maxMs: 5000 },
@@ -753,6 +937,7 @@ export class DataPlaneReplicationService implements ReplicationService {
           this.#log.info({ itemId: r.itemId, resumeSeq: e.resumeSeq }, 'replication link up');
         } else {
           this.#log.debug({ itemId: r.itemId, err: e.error.message }, 'replication link down');
+          void this.#refreshPeer(g);
         }
       },
     });
@@ -809,6 +994,15 @@ export class DataPlaneReplicationService implements ReplicationService {
     const r = g.record;
     const signal = g.stop.signal;
     const ir = r.policy.initialReplication;
+    if (ir.mode === 'offline' && r.copy.state === 'copying') {
+      // An export cut short (agent restart): its seed file never finished, so the placeholders it journaled
+      // could never be delivered. They are voided and the export starts over, copying every block again.
+      const voided = await g.journal.voidOfflinePlaceholders();
+      this.#log.warn(
+        { itemId: r.itemId, placeholders: voided.length },
+        'offline export was interrupted; exporting again',
+      );
+    }
     r.copy = { state: 'copying', lastSeq: null, totalBytes: 0 };
     await this.#save(g);
     const backends = this.#backends(g);
@@ -971,6 +1165,11 @@ export class DataPlaneReplicationService implements ReplicationService {
         health = 'Warning';
         reason = g.error;
       }
+      if (s !== undefined && s.state !== 'streaming' && AUTH_REFUSAL_CODES.has(s.lastErrorCode ?? '')) {
+        // An authentication refusal does not heal by retrying: the operator must act.
+        health = 'Critical';
+        reason = `the replication link is refused (${s.lastErrorCode}): ${s.lastError}`;
+      }
       items.set(r.itemId, {
         itemId: r.itemId,
         initialReplicationProgress: progress,
@@ -1010,6 +1209,11 @@ export class DataPlaneReplicationService implements ReplicationService {
         item.health = 'Critical';
         item.healthReason = status.healthReason;
       }
+      const listenError = this.#listenErrors.get(this.#portOf(e.record));
+      if (listenError !== undefined) {
+        item.health = 'Critical';
+        item.healthReason = `${listenError.code}: ${listenError.message}`;
+      }
       items.set(e.record.itemId, item);
     }
     return {
@@ -1033,13 +1237,16 @@ export class DataPlaneReplicationService implements ReplicationService {
       }
     }
     this.#sources.clear();
+    if (this.#listenRetry !== undefined) clearInterval(this.#listenRetry);
     await this.#receiverChain;
-    try {
-      await this.#receiver?.close();
-    } catch (err) {
-      errors.push(err);
+    for (const r of this.#receivers.values()) {
+      try {
+        await r.close();
+      } catch (err) {
+        errors.push(err);
+      }
     }
-    this.#receiver = undefined;
+    this.#receivers.clear();
     for (const e of this.#replicas.values()) {
       try {
         await e.store.close();

@@ -22,8 +22,19 @@ export interface ReplicaPreparePayload {
   policy?: unknown;
   replicaExists?: boolean;
   resync?: boolean;
-  /** The source site's agent: the receiver accepts the stream only from this certificate. */
-  peer?: { agentId: string; siteId: string; dataAddress: string | null; certificatePem: string | null };
+  /** The source site's agent: the receiver accepts the stream only from it. */
+  peer?: PeerAgent;
+  /** How the source authenticates: a CA certificate naming `peer` (default) or the item's token. */
+  auth?: unknown;
+}
+
+/** The other site's agent as the control plane names it in replication commands. */
+export interface PeerAgent {
+  agentId: string;
+  siteId: string;
+  dataAddress: string | null;
+  /** The certificate the control plane issued it (informational: trust is the CA and the agent id). */
+  certificatePem?: string | null;
 }
 
 /** `replication.start` payload (sent to the source-side agent). */
@@ -31,8 +42,10 @@ export interface ReplicationStartPayload {
   itemId: string;
   machine: { id: string; name: string };
   disks: { id: string; sizeBytes: number; datastore?: string; path?: string }[];
-  peer?: { agentId: string; siteId: string; dataAddress: string | null; certificatePem: string | null };
+  peer?: PeerAgent;
   policy?: unknown;
+  /** How the recovery agent authenticates: a CA certificate naming `peer` (default) or the item's token. */
+  auth?: unknown;
   replicaExists?: boolean;
   resync?: boolean;
   /**

@@ -40,6 +40,7 @@ import { jobRoutes } from './routes/jobs.js';
 import { planRoutes } from './routes/plans.js';
 import { eventRoutes } from './routes/events.js';
 import { agentProtocolRoutes } from './routes/agent-protocol.js';
+import { loadTrust } from '../workflows/trust.js';
 
 /** Who may call a route. */
 export type AuthMode = 'admin' | 'agent' | 'none';
@@ -74,6 +75,8 @@ export interface BuildAppOptions {
   logger?: FastifyBaseLogger;
   /** The agents' command channel; default: a new one over `store` (closed with the app). */
   channel?: AgentChannel;
+  /** Validity of the agents' stream certificates (default 90 days). */
+  agentCertificateLifetimeMs?: number;
 }
 
 /** The product version, from package.json. */
@@ -98,6 +101,12 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     heartbeatTimeoutMs,
     adminTokenHash: hashSecret(options.adminToken),
     heartbeatIntervalMs: Math.max(1000, Math.min(15_000, Math.floor(heartbeatTimeoutMs / 4))),
+    trust: await loadTrust(options.store, {
+      now: clock.now(),
+      ...(options.agentCertificateLifetimeMs === undefined
+        ? {}
+        : { agentCertificateLifetimeMs: options.agentCertificateLifetimeMs }),
+    }),
   };
 
   const app = Fastify({

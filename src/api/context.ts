@@ -22,6 +22,7 @@ import type { Clock } from '../jobs/types.js';
 import type { AgentChannel } from './agent-channel.js';
 import type { OperationParams, ProtectRequest } from '../workflows/index.js';
 import type { ReplicationStatusReport } from './schemas.js';
+import type { ControlPlaneTrust } from '../workflows/trust.js';
 
 /** The Fastify instance type the route modules register on (TypeBox type provider). */
 export type ApiInstance = FastifyInstance<
@@ -71,6 +72,8 @@ export interface ApiContext {
   readonly adminTokenHash: string;
   /** Agents are told to heartbeat this often. */
   readonly heartbeatIntervalMs: number;
+  /** The certificate authority that signs the agents' stream certificates. */
+  readonly trust: ControlPlaneTrust;
 }
 
 /** "now" as the store wants it, from the injected clock. */

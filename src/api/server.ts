@@ -57,6 +57,8 @@ export interface StartServerOptions {
    * Ctrl-C responsive while a step waits on an agent.
    */
   stopTimeoutMs?: number;
+  /** Validity of the agents' stream certificates (default 90 days; agents renew in its last third). */
+  agentCertificateLifetimeMs?: number;
 }
 
 /** A running control plane. */
@@ -180,6 +182,9 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
       clock,
       channel,
       logger: logger.child({ part: 'api' }),
+      ...(options.agentCertificateLifetimeMs === undefined
+        ? {}
+        : { agentCertificateLifetimeMs: options.agentCertificateLifetimeMs }),
     });
     cleanup.push(async () => {
       channel.close();

@@ -9,6 +9,7 @@
  * previous run made, so a second `osr up` resumes.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
@@ -67,6 +68,16 @@ export interface UpOptions {
   osrCommand?: string[];
 }
 
+/**
+ * A loopback address of its own for `key` (127.x.y.z, the same for the same key). A policy's replication port is
+ * a port on the recovery agent's address: two agents on one machine can both listen on it only at two addresses,
+ * and on Linux every address of 127.0.0.0/8 is this machine's.
+ */
+export function loopbackHostFor(key: string): string {
+  const h = createHash('sha256').update(key).digest();
+  return `127.${h[0]!}.${h[1]!}.${1 + (h[2]! % 254)}`;
+}
+
 /** The plan for `osr up` with these options. */
 export function planUp(options: UpOptions): UpPlan {
   const host = options.host ?? '127.0.0.1';
@@ -106,6 +117,9 @@ export function planUp(options: UpOptions): UpPlan {
         s.keyFile,
         '--name',
         `${s.name}-agent`,
+        // Its own address, so both agents can receive on the default policy's replication port.
+        '--data-address',
+        loopbackHostFor(`${options.dataDir}\n${s.name}`),
         '--log-level',
         'warn',
         '--shutdown-timeout',

@@ -24,6 +24,7 @@ const sender: SenderStatus = {
   connects: 1,
   rebases: 0,
   lastError: null,
+  lastErrorCode: null,
 };
 
 const journal = (resync: boolean): JournalStatus => ({

@@ -116,6 +116,27 @@ export const ERROR_CATALOG = {
     possibleCauses: 'The site’s agent has stopped sending heartbeats.',
     recommendedAction: 'Check that the agent service is running and can reach the control plane, then retry.',
   },
+  CERTIFICATE_REQUEST_INVALID: {
+    kind: 'invalid',
+    possibleCauses:
+      'The agent’s certificate signing request is malformed, its signature does not verify, its key is too weak or of a type the control plane does not sign, or it asks for names an agent certificate cannot carry.',
+    recommendedAction:
+      'Let the agent make the request (an EC P-256/P-384 or RSA 2048+ key, signed with SHA-256) naming only itself, then retry.',
+  },
+  CERTIFICATE_IDENTITY_MISMATCH: {
+    kind: 'forbidden',
+    possibleCauses:
+      'The certificate signing request names another agent or site than the one making it; the control plane signs a certificate only for the requester’s own identity.',
+    recommendedAction:
+      'Make the request with the agent’s own id (after registration) or its site name (at registration) as the common name.',
+  },
+  REPLICATION_PORT_IN_USE: {
+    kind: 'conflict',
+    possibleCauses:
+      'Another program, or another recovery agent on the same host and address, already listens on the policy’s replication port.',
+    recommendedAction:
+      'Free the port, give each recovery agent on the host its own address (osr agent --data-address), or use a policy with another replication port; then run Repair replication.',
+  },
   REPLICATION_UNHEALTHY: {
     kind: 'conflict',
     possibleCauses:

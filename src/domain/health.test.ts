@@ -75,4 +75,22 @@ void describe('replicationHealth', () => {
     assert.equal(c.health, 'Critical');
     assert.equal(c.reason, 'resync required; RPO 4 h exceeds 6× the copy frequency of 5 min');
   });
+
+  void it('what the agents reported counts when it is worse and names a reason', () => {
+    const refused = {
+      health: 'Critical' as const,
+      reason: 'the replication link is refused (TOKEN_REJECTED)',
+    };
+    assert.deepEqual(judge({ reported: refused }), refused);
+    assert.deepEqual(judge({ reported: { health: 'Critical', reason: null } }), {
+      health: 'Normal',
+      reason: null,
+    });
+    assert.deepEqual(judge({ reported: { health: 'Normal', reason: null } }), {
+      health: 'Normal',
+      reason: null,
+    });
+    const both = judge({ reported: { health: 'Warning', reason: 'link down' }, agentConnected: false });
+    assert.deepEqual(both, { health: 'Warning', reason: 'agent disconnected; link down' });
+  });
 });

@@ -25,6 +25,11 @@ export interface HealthInput {
   now: Date;
   /** Whether the agent that reports the item's replication is connected. */
   agentConnected: boolean;
+  /**
+   * What the agents last reported for the item (e.g. the stream refused, the replication port taken). A finding
+   * only when it names a reason: the worse of it and the figures wins.
+   */
+  reported?: HealthVerdict;
 }
 
 /** The verdict: health and why (null when Normal with nothing to say). */
@@ -46,7 +51,7 @@ function duration(seconds: number): string {
  * {@link RPO_CRITICAL_FACTOR}× the copy frequency, or no status arrived for the
  * critical time; Warning when the RPO exceeds {@link RPO_WARNING_FACTOR}× the copy
  * frequency, no status arrived for the warning time, or the agent is disconnected;
- * otherwise Normal. An item with no recovery point and no status yet (just enabled)
+ * as bad as the agents' own report (`reported`) when it is worse; otherwise Normal. An item with no recovery point and no status yet (just enabled)
  * is Normal.
  */
 export function replicationHealth(input: HealthInput): HealthVerdict {
@@ -82,6 +87,9 @@ export function replicationHealth(input: HealthInput): HealthVerdict {
   }
 
   if (!input.agentConnected) findings.push({ health: 'Warning', reason: 'agent disconnected' });
+  const r = input.reported;
+  if (r !== undefined && r.health !== 'Normal' && r.reason !== null)
+    findings.push({ health: r.health, reason: r.reason });
 
   let health: ReplicationHealth = 'Normal';
   for (const f of findings) if (RANK[f.health] > RANK[health]) health = f.health;

@@ -26,6 +26,7 @@ import { KyselyJobRepository } from './repositories/jobs.js';
 import { KyselyEventRepository } from './repositories/events.js';
 import { KyselyAgentCommandRepository } from './repositories/commands.js';
 import { KyselySettingsRepository } from './repositories/settings.js';
+import { KyselyCertificateAuthorityRepository } from './repositories/authority.js';
 
 /** Where the migration bookkeeping tables live (PostgreSQL: the store's schema). */
 export interface MigrationTarget {
@@ -53,6 +54,7 @@ export class KyselyStore implements Store {
   readonly events: KyselyEventRepository;
   readonly commands: KyselyAgentCommandRepository;
   readonly settings: KyselySettingsRepository;
+  readonly authority: KyselyCertificateAuthorityRepository;
 
   constructor(
     private readonly ctx: StoreContext,
@@ -77,6 +79,7 @@ export class KyselyStore implements Store {
     this.events = new KyselyEventRepository(ctx);
     this.commands = new KyselyAgentCommandRepository(ctx);
     this.settings = new KyselySettingsRepository(ctx);
+    this.authority = new KyselyCertificateAuthorityRepository(ctx);
   }
 
   /** The Kysely handle, for the store's own tools (benchmarks, diagnostics); not for other layers. */

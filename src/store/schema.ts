@@ -266,6 +266,15 @@ export interface SettingsTable {
   value: string;
 }
 
+/** The control plane's certificate authority and replication secret (one row, id `default`). */
+export interface CertificateAuthorityTable {
+  id: string;
+  certificate_pem: string;
+  private_key_pem: string;
+  replication_secret: string;
+  created_at: string;
+}
+
 /** Every table of the store. */
 export interface Database {
   vaults: VaultsTable;
@@ -288,4 +297,5 @@ export interface Database {
   events: EventsTable;
   agent_commands: AgentCommandsTable;
   settings: SettingsTable;
+  certificate_authority: CertificateAuthorityTable;
 }

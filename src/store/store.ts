@@ -378,6 +378,26 @@ export interface SettingsRepository {
   set(key: string, value: string): Promise<void>;
 }
 
+/** The control plane's key material (see `CertificateAuthorityRepository`). */
+export interface StoredAuthority {
+  certificatePem: string;
+  privateKeyPem: string;
+  /** base64url; the replication tokens of `token` authentication derive from it. */
+  replicationSecret: string;
+  createdAt: string;
+}
+
+/**
+ * The one certificate authority of the installation. `ensure` keeps the first one ever
+ * stored: two control planes starting at once on one database both end up with the row
+ * that won, whichever of them made it.
+ */
+export interface CertificateAuthorityRepository {
+  find(): Promise<StoredAuthority | undefined>;
+  /** Stores `candidate` unless an authority exists; returns the stored one. */
+  ensure(candidate: StoredAuthority): Promise<StoredAuthority>;
+}
+
 /** The whole store. */
 export interface Store {
   readonly dialect: Dialect;
@@ -399,6 +419,7 @@ export interface Store {
   readonly events: EventRepository;
   readonly commands: AgentCommandRepository;
   readonly settings: SettingsRepository;
+  readonly authority: CertificateAuthorityRepository;
   /**
    * Runs `fn` in one database transaction with a store bound to it. Never hold it
    * across network or disk I/O. On SQLite it is `BEGIN IMMEDIATE`; on PostgreSQL

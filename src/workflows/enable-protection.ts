@@ -10,6 +10,7 @@ import { OsrError } from '../domain/errors.js';
 import type { JobDefinition, StepContext } from '../jobs/types.js';
 import type { WorkflowDeps } from './deps.js';
 import { assertHeldBy, releaseItem, uuidFromKey } from './item-jobs.js';
+import { streamAuthFor } from './trust.js';
 
 /** Input of the Enable protection and Repair replication jobs. */
 export interface EnableProtectionInput {
@@ -80,10 +81,12 @@ function enableSteps(deps: WorkflowDeps): JobDefinition<EnableProtectionInput>['
               retentionHours: policy.retentionHours,
               appConsistentFrequencyHours: policy.appConsistentFrequencyHours,
               initialReplication: policy.initialReplication,
+              replicationPort: policy.replicationPort,
             },
+            auth: await streamAuthFor(deps.store, policy, item.id),
             replicaExists: ctx.input.replicaExists,
             resync: ctx.input.resync,
-            // The recovery agent accepts the replication stream only from this certificate (pinning).
+            // The recovery agent accepts the replication stream only from this agent (R-POL-7).
             peer: {
               agentId: sourceAgent.id,
               siteId: item.sourceSiteId,
@@ -131,6 +134,7 @@ function enableSteps(deps: WorkflowDeps): JobDefinition<EnableProtectionInput>['
               authentication: policy.authentication,
               replicationPort: policy.replicationPort,
             },
+            auth: await streamAuthFor(deps.store, policy, item.id),
             replicaExists: ctx.input.replicaExists,
             resync: ctx.input.resync,
           },

@@ -31,6 +31,7 @@ import {
   updateHeld,
 } from './item-steps.js';
 import type { FailoverMachineSpec, ResolvedPoint } from './item-steps.js';
+import { streamAuthFor } from './trust.js';
 
 export const TEST_FAILOVER = 'TestFailover';
 export const TEST_FAILOVER_CLEANUP = 'TestFailoverCleanup';
@@ -973,6 +974,7 @@ function cancelFailoverJob(deps: WorkflowDeps): JobDefinition<ItemOpInput> {
             authentication: policy.authentication,
             replicationPort: policy.replicationPort,
           },
+          auth: await streamAuthFor(deps.store, policy, item.id),
           replicaExists: true,
           resync: false,
           resume: true,

@@ -637,6 +637,7 @@ export function createWorkflows(options: WorkflowsOptions): Workflows {
             lastStatusAt: item.updatedAt,
             now,
             agentConnected: context.agentsConnected ?? false,
+            reported: { health: item.replicationHealth, reason: item.healthReason },
           })
         : { health: item.replicationHealth, reason: item.healthReason };
       const machine = await activeMachine(item);

@@ -17,6 +17,7 @@ import type { ReverseTarget } from './agent-commands.js';
 import type { WorkflowDeps } from './deps.js';
 import { releaseItem } from './item-jobs.js';
 import { command, findMachineById, heldItem, updateHeld } from './item-steps.js';
+import { streamAuthFor } from './trust.js';
 
 export const REPROTECT = 'Reprotect';
 
@@ -255,11 +256,13 @@ export function reprotectJob(deps: WorkflowDeps): JobDefinition<ReprotectInput> 
                 retentionHours: policy.retentionHours,
                 appConsistentFrequencyHours: policy.appConsistentFrequencyHours,
                 initialReplication: { mode: 'now' },
+                replicationPort: policy.replicationPort,
               },
+              auth: await streamAuthFor(deps.store, policy, item.id),
               replicaExists: plan.location === 'original',
               resync: plan.location === 'original',
               target,
-              // The primary agent accepts the reverse stream only from the new source's certificate (pinning).
+              // The primary agent accepts the reverse stream only from the new source's agent (R-POL-7).
               peer: await peerOf(deps, item.targetSiteId),
             },
             'prepare',
@@ -302,6 +305,7 @@ export function reprotectJob(deps: WorkflowDeps): JobDefinition<ReprotectInput> 
               authentication: policy.authentication,
               replicationPort: policy.replicationPort,
             },
+            auth: await streamAuthFor(deps.store, policy, item.id),
           });
         },
       },

@@ -19,6 +19,7 @@ import type { Store } from '../../src/store/index.js';
 import { writeDemoSite } from '../../src/fabric/local/index.js';
 import { processCommandLine } from '../../src/fabric/local/runtime-process.js';
 import type { DemoMachine } from '../../src/fabric/local/index.js';
+import { loopbackHostFor } from '../../src/cli/up-plan.js';
 
 /** The repository root (this file runs from dist/test/agent). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -75,7 +76,9 @@ export interface World {
 }
 
 /** Starts a control plane in a fresh temp folder. */
-export async function startWorld(options: { heartbeatTimeoutMs?: number } = {}): Promise<World> {
+export async function startWorld(
+  options: { heartbeatTimeoutMs?: number; agentCertificateLifetimeMs?: number } = {},
+): Promise<World> {
   const tmp = mkdtempSync(join(tmpdir(), 'osr-agent-'));
   const dataDir = join(tmp, 'cp');
   const clock = new OffsetClock();
@@ -85,6 +88,9 @@ export async function startWorld(options: { heartbeatTimeoutMs?: number } = {}):
     logLevel: 'silent',
     clock,
     ...(options.heartbeatTimeoutMs === undefined ? {} : { heartbeatTimeoutMs: options.heartbeatTimeoutMs }),
+    ...(options.agentCertificateLifetimeMs === undefined
+      ? {}
+      : { agentCertificateLifetimeMs: options.agentCertificateLifetimeMs }),
   });
   const store = await createStore({ dialect: 'sqlite', file: join(dataDir, 'osr.db') }, { migrate: false });
   const api = async <T>(method: string, path: string, body?: unknown) => {
@@ -338,6 +344,9 @@ export async function startAgent(
     '400',
     '--shutdown-timeout',
     '5000',
+    // Each agent its own loopback address: receivers of concurrent tests (and of both agents of a test) share
+    // the policies' replication ports.
+    ...((o.extra ?? []).includes('--data-address') ? [] : ['--data-address', loopbackHostFor(o.dataDir)]),
     ...(o.extra ?? []),
   ]);
   await p.waitFor(/osr agent \S+ running for site/);

@@ -6,25 +6,46 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { HttpClient, parseProxyUrl } from '../../src/agent/http.js';
-import { ensureTlsIdentity } from '../../src/agent/data-dir.js';
-import type { AgentTlsIdentity } from '../../src/agent/data-dir.js';
 import { startProxy } from './proxy.js';
 
 let tmp: string;
-let identity: AgentTlsIdentity;
+/** The HTTPS control plane's key and certificate (made with openssl, valid for 127.0.0.1). */
+let identity: { keyPem: string; certPem: string };
 let httpsServer: https.Server;
 let httpServer: http.Server;
 const hits: string[] = [];
 
 before(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'osr-http-'));
-  identity = await ensureTlsIdentity(tmp, 'control-plane');
+  const [key, cert] = [join(tmp, 'key.pem'), join(tmp, 'cert.pem')];
+  const made = spawnSync('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-days',
+    '1',
+    '-subj',
+    '/CN=control-plane',
+    '-addext',
+    'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    '-keyout',
+    key,
+    '-out',
+    cert,
+  ]);
+  assert.equal(made.status, 0, String(made.stderr));
+  identity = { keyPem: readFileSync(key, 'utf8'), certPem: readFileSync(cert, 'utf8') };
   const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     hits.push(`${req.method} ${req.url} ${req.headers['proxy-authorization'] ?? '-'}`);
     res.writeHead(200, { 'content-type': 'application/json' });

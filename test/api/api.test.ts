@@ -5,19 +5,18 @@
  */
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { at, atList, atStr, harnessVariants, HEARTBEAT_TIMEOUT_MS, type ApiHarness } from './harness.js';
+import {
+  at,
+  atList,
+  atStr,
+  harnessVariants,
+  HEARTBEAT_TIMEOUT_MS,
+  withApi,
+  type ApiHarness,
+} from './harness.js';
 import { seedItem, seedWorld, snapshot } from './seed.js';
 
 const V = '/api/v1/vaults/default';
-
-async function withApi(open: () => Promise<ApiHarness>, fn: (h: ApiHarness) => Promise<void>): Promise<void> {
-  const h = await open();
-  try {
-    await fn(h);
-  } finally {
-    await h.close();
-  }
-}
 
 interface RegisteredAgent {
   agentId: string;

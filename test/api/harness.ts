@@ -281,6 +281,19 @@ async function openHarness(open: () => Promise<TestStore>, clock: ManualClock): 
   };
 }
 
+/** Runs `fn` on a harness `open` makes, closing it after. */
+export async function withApi(
+  open: () => Promise<ApiHarness>,
+  fn: (h: ApiHarness) => Promise<void>,
+): Promise<void> {
+  const h = await open();
+  try {
+    await fn(h);
+  } finally {
+    await h.close();
+  }
+}
+
 /** The store variants: SQLite always, PostgreSQL when OSR_TEST_PG is set. */
 export function harnessVariants(): { name: string; open(clock?: ManualClock): Promise<ApiHarness> }[] {
   const variants = [

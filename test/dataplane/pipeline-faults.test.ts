@@ -15,7 +15,7 @@ import { ReplicaStore } from '../../src/dataplane/replica/replica-store.js';
 import { ReplicationReceiver } from '../../src/dataplane/transport/receiver.js';
 import { runResync } from '../../src/dataplane/resync/resync.js';
 import { FrameType } from '../../src/dataplane/transport/frame.js';
-import type { TlsIdentity } from '../../src/dataplane/transport/tls-pinning.js';
+import type { TestIdentity as TlsIdentity } from './source-support.js';
 import { readAll, startPipeline } from './pipeline-support.js';
 import type { Pipeline } from './pipeline-support.js';
 import {
@@ -56,6 +56,7 @@ test('kill -9 of the sender and of the receiver+replica process mid-stream: the 
     fs.copyFileSync(join(certs.dir, 'source.cert.pem'), join(t.dir, 'source.cert.pem'));
     fs.copyFileSync(join(certs.dir, 'recovery.key.pem'), join(t.dir, 'recovery.key.pem'));
     fs.copyFileSync(join(certs.dir, 'recovery.cert.pem'), join(t.dir, 'recovery.cert.pem'));
+    fs.copyFileSync(join(certs.dir, 'test-ca.ca.pem'), join(t.dir, 'test-ca.ca.pem'));
     const replicaDir = join(t.dir, 'replica');
     const count = 2500;
     const base = { OSR_DP_CERTS: t.dir, OSR_DP_REPLICA: replicaDir, OSR_DP_JOURNAL: join(t.dir, 'journal') };
@@ -98,7 +99,8 @@ test('kill -9 of the sender and of the receiver+replica process mid-stream: the 
     const r3 = await ReplicationReceiver.listen({
       port: Number(port),
       identity: dst,
-      peerCertificates: [src.cert],
+      trustedCa: src.ca,
+      peerAuthFor: () => ({ mode: 'certificate', identity: 'urn:osr:agent:source' }),
       sinkFor: (g) => (g === 'crash-group' ? store : undefined),
     });
     try {

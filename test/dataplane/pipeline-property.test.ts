@@ -15,7 +15,7 @@ import * as assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { MarkerType } from '../../src/dataplane/changes.js';
 import { NbdClient } from '../../src/dataplane/nbd/client.js';
-import type { TlsIdentity } from '../../src/dataplane/transport/tls-pinning.js';
+import type { TestIdentity as TlsIdentity } from './source-support.js';
 import { readAll, startPipeline } from './pipeline-support.js';
 import { makeIdentity, mulberry32, randomBytes, tempDir, waitFor } from './source-support.js';
 

@@ -18,7 +18,7 @@ import { ReplicationReceiver } from '../../src/dataplane/transport/receiver.js';
 import type { ReplicationReceiverOptions } from '../../src/dataplane/transport/receiver.js';
 import { ReplicationSender } from '../../src/dataplane/transport/sender.js';
 import type { ReplicationSenderOptions } from '../../src/dataplane/transport/sender.js';
-import type { TlsIdentity } from '../../src/dataplane/transport/tls-pinning.js';
+import type { TestIdentity as TlsIdentity } from './source-support.js';
 
 /** Options of `startPipeline`. */
 export interface PipelineOptions {
@@ -81,7 +81,8 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
   store.startProcessor();
   const receiver = await ReplicationReceiver.listen({
     identity: o.recovery,
-    peerCertificates: [o.source.cert],
+    trustedCa: o.source.ca,
+    peerAuthFor: () => ({ mode: 'certificate', identity: 'urn:osr:agent:source' }),
     sinkFor: (g) => (g === 'g' ? store : undefined),
     ...o.receiver,
   });
@@ -91,7 +92,8 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     host: '127.0.0.1',
     port: receiver.port,
     identity: o.source,
-    peerCertificate: o.recovery.cert,
+    trustedCa: o.recovery.ca,
+    peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
     backoff: { initialMs: 10, maxMs: 100 },
     ...o.sender,
   });

@@ -12,7 +12,7 @@ import { after, before, test } from 'node:test';
 import { WriteJournal } from '../../src/dataplane/journal/journal.js';
 import { MemoryBackend } from '../../src/dataplane/nbd/memory-backend.js';
 import { runResync } from '../../src/dataplane/resync/resync.js';
-import type { TlsIdentity } from '../../src/dataplane/transport/tls-pinning.js';
+import type { TestIdentity as TlsIdentity } from './source-support.js';
 import { readAll, startPipeline } from './pipeline-support.js';
 import type { Pipeline } from './pipeline-support.js';
 import { makeIdentity, mulberry32, randomBytes, tempDir, waitFor } from './source-support.js';

@@ -58,7 +58,8 @@ test('SIGTERM ends the receiving process promptly under load, round after round'
         host: '127.0.0.1',
         port: Number(port),
         identity: src,
-        peerCertificate: dst.cert,
+        trustedCa: dst.ca,
+        peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
         batchBytes: 64 * 1024,
         backoff: { initialMs: 5, maxMs: 20 },
       });

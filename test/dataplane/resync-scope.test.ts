@@ -11,7 +11,7 @@ import { ResyncRequiredError } from '../../src/dataplane/journal/errors.js';
 import { WriteJournal } from '../../src/dataplane/journal/journal.js';
 import { MemoryBackend } from '../../src/dataplane/nbd/memory-backend.js';
 import { runResync } from '../../src/dataplane/resync/resync.js';
-import type { TlsIdentity } from '../../src/dataplane/transport/tls-pinning.js';
+import type { TestIdentity as TlsIdentity } from './source-support.js';
 import { readAll, startPipeline } from './pipeline-support.js';
 import { makeIdentity, mulberry32, randomBytes, tempDir } from './source-support.js';
 

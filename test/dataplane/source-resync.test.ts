@@ -15,7 +15,7 @@ import { runResync } from '../../src/dataplane/resync/resync.js';
 import { ReplicationReceiver } from '../../src/dataplane/transport/receiver.js';
 import type { OfflineSeedSource } from '../../src/dataplane/transport/sink.js';
 import { ReplicationSender } from '../../src/dataplane/transport/sender.js';
-import type { TlsIdentity } from '../../src/dataplane/transport/tls-pinning.js';
+import type { TestIdentity as TlsIdentity } from './source-support.js';
 import { makeIdentity, ModelSink, mulberry32, randomBytes, tempDir } from './source-support.js';
 
 const MiB = 1024 * 1024;
@@ -70,7 +70,8 @@ async function pipeline(
   const sink = new ModelSink(DISKS);
   const receiver = await ReplicationReceiver.listen({
     identity: dst,
-    peerCertificates: [src.cert],
+    trustedCa: src.ca,
+    peerAuthFor: () => ({ mode: 'certificate', identity: 'urn:osr:agent:source' }),
     sinkFor: () => sink,
     offlineSeedFor: offline,
   });
@@ -80,7 +81,8 @@ async function pipeline(
     host: '127.0.0.1',
     port: receiver.port,
     identity: src,
-    peerCertificate: dst.cert,
+    trustedCa: dst.ca,
+    peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
     backoff: { initialMs: 20, maxMs: 100 },
   });
   sender.start();
@@ -207,7 +209,8 @@ test('offline initial copy: blocks travel in a seed file, the link carries place
       host: '127.0.0.1',
       port: p.receiver.port,
       identity: src,
-      peerCertificate: dst.cert,
+      trustedCa: dst.ca,
+      peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
     });
     sender.start();
     try {
@@ -259,7 +262,8 @@ test('after a journal overflow, resync compares hashes and sends only the differ
       host: '127.0.0.1',
       port: p.receiver.port,
       identity: src,
-      peerCertificate: dst.cert,
+      trustedCa: dst.ca,
+      peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
     });
     sender.start();
     try {

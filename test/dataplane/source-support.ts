@@ -107,33 +107,91 @@ export async function waitFor(
   }
 }
 
-/** A self-signed certificate made with openssl in `dir` (EC P-256, so it is quick). */
-export function makeIdentity(dir: string, name: string): { key: string; cert: string } {
+function openssl(args: string[]): void {
+  const r = spawnSync('openssl', args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr}`);
+}
+
+function newKeyArgs(keyFile: string): string[] {
+  return ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile];
+}
+
+/** A certificate authority made with openssl in `dir` (kept there as `<name>.ca.pem` / `<name>.ca.key`). */
+export function makeCa(dir: string, name = 'test-ca'): { cert: string; certFile: string; keyFile: string } {
+  const certFile = join(dir, `${name}.ca.pem`);
+  const keyFile = join(dir, `${name}.ca.key`);
+  if (!fs.existsSync(certFile)) {
+    openssl(['req', '-x509', ...newKeyArgs(keyFile), '-out', certFile, '-days', '2', '-subj', `/CN=${name}`]);
+  }
+  return { cert: fs.readFileSync(certFile, 'utf8'), certFile, keyFile };
+}
+
+/** The URI an agent certificate of `name` carries (as the product names agents). */
+export function agentUri(name: string): string {
+  return `urn:osr:agent:${name}`;
+}
+
+/** What a link end needs: its key and certificate, and the CA it trusts. */
+export interface TestIdentity {
+  key: string;
+  cert: string;
+  ca: string;
+}
+
+/**
+ * A key and certificate for agent `name` made with openssl in `dir` (EC P-256, so it is quick): issued by the
+ * CA `ca` (default: the dir's `test-ca`) with the agent URI, or self-signed with `selfSigned`.
+ */
+export function makeIdentity(
+  dir: string,
+  name: string,
+  options: { ca?: string; selfSigned?: boolean; uri?: string } = {},
+): TestIdentity {
+  const ca = makeCa(dir, options.ca);
   const key = join(dir, `${name}.key.pem`);
   const cert = join(dir, `${name}.cert.pem`);
-  const r = spawnSync(
-    'openssl',
-    [
+  const ext = join(dir, `${name}.ext`);
+  fs.writeFileSync(
+    ext,
+    `subjectAltName=URI:${options.uri ?? agentUri(name)}\nextendedKeyUsage=serverAuth,clientAuth\n`,
+  );
+  if (options.selfSigned === true) {
+    openssl([
       'req',
       '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-keyout',
-      key,
+      ...newKeyArgs(key),
       '-out',
       cert,
       '-days',
       '2',
       '-subj',
       `/CN=${name}`,
-    ],
-    { encoding: 'utf8' },
-  );
-  if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`);
-  return { key: fs.readFileSync(key, 'utf8'), cert: fs.readFileSync(cert, 'utf8') };
+      '-addext',
+      `subjectAltName=URI:${options.uri ?? agentUri(name)}`,
+    ]);
+  } else {
+    const csr = join(dir, `${name}.csr`);
+    openssl(['req', '-new', ...newKeyArgs(key), '-out', csr, '-subj', `/CN=${name}`]);
+    openssl([
+      'x509',
+      '-req',
+      '-in',
+      csr,
+      '-CA',
+      ca.certFile,
+      '-CAkey',
+      ca.keyFile,
+      '-set_serial',
+      `0x${Date.now().toString(16)}${Math.floor(Math.random() * 1e6).toString(16)}`,
+      '-days',
+      '2',
+      '-out',
+      cert,
+      '-extfile',
+      ext,
+    ]);
+  }
+  return { key: fs.readFileSync(key, 'utf8'), cert: fs.readFileSync(cert, 'utf8'), ca: ca.cert };
 }
 
 /**

@@ -12,8 +12,17 @@ import { ReplicationReceiver } from '../../src/dataplane/transport/receiver.js';
 import type { ReceiverEvent } from '../../src/dataplane/transport/receiver.js';
 import { ReplicationSender } from '../../src/dataplane/transport/sender.js';
 import type { ReplicationSenderOptions } from '../../src/dataplane/transport/sender.js';
-import type { TlsIdentity } from '../../src/dataplane/transport/tls-pinning.js';
-import { makeIdentity, ModelSink, mulberry32, randomBytes, tempDir, waitFor } from './source-support.js';
+import type { PeerAuth } from '../../src/dataplane/transport/link-auth.js';
+import {
+  agentUri,
+  makeIdentity,
+  ModelSink,
+  mulberry32,
+  randomBytes,
+  tempDir,
+  waitFor,
+} from './source-support.js';
+import type { TestIdentity } from './source-support.js';
 
 const MiB = 1024 * 1024;
 const DISKS = [
@@ -22,16 +31,24 @@ const DISKS = [
 ];
 
 let certs: { dir: string; remove: () => void };
-let src: TlsIdentity;
-let dst: TlsIdentity;
-let stranger: TlsIdentity;
+let src: TestIdentity;
+let dst: TestIdentity;
+/** Bad certificates, all made with openssl: self-signed, from another CA, and right CA but another agent. */
+let selfSigned: TestIdentity;
+let otherCa: TestIdentity;
+let otherAgent: TestIdentity;
 
 before(() => {
   certs = tempDir('osr-certs-');
   src = makeIdentity(certs.dir, 'source');
   dst = makeIdentity(certs.dir, 'recovery');
-  stranger = makeIdentity(certs.dir, 'stranger');
+  selfSigned = makeIdentity(certs.dir, 'self-signed', { selfSigned: true, uri: agentUri('source') });
+  otherCa = makeIdentity(certs.dir, 'other-ca-agent', { ca: 'other-ca', uri: agentUri('source') });
+  otherAgent = makeIdentity(certs.dir, 'stranger');
 });
+
+const fromSource: PeerAuth = { mode: 'certificate', identity: agentUri('source') };
+const toRecovery: PeerAuth = { mode: 'certificate', identity: agentUri('recovery') };
 after(() => certs.remove());
 
 interface Rig {
@@ -41,6 +58,8 @@ interface Rig {
   sink: ModelSink;
   receiver: ReplicationReceiver;
   events: ReceiverEvent[];
+  /** What the receiver asks of g1's sender (change it to test another mode). */
+  auth: PeerAuth;
   sender(options?: Partial<ReplicationSenderOptions>): ReplicationSender;
   close(): Promise<void>;
 }
@@ -54,8 +73,9 @@ async function rig(): Promise<Rig> {
   const events: ReceiverEvent[] = [];
   const receiver = await ReplicationReceiver.listen({
     identity: dst,
-    peerCertificates: [src.cert],
+    trustedCa: dst.ca,
     sinkFor: (g) => (g === 'g1' ? sink : undefined),
+    peerAuthFor: (g) => (g === 'g1' ? r.auth : undefined),
     onEvent: (e) => events.push(e),
   });
   const senders: ReplicationSender[] = [];
@@ -66,6 +86,7 @@ async function rig(): Promise<Rig> {
     sink,
     receiver,
     events,
+    auth: fromSource,
     sender: (options = {}) => {
       const s = new ReplicationSender({
         journal,
@@ -73,7 +94,8 @@ async function rig(): Promise<Rig> {
         host: '127.0.0.1',
         port: r.receiver.port,
         identity: src,
-        peerCertificate: dst.cert,
+        trustedCa: src.ca,
+        peerAuth: toRecovery,
         backoff: { initialMs: 20, maxMs: 200 },
         ...options,
       });
@@ -136,21 +158,80 @@ test('a stream arrives in order, compressed, with zero blocks as runs, and frees
   }
 });
 
-test('certificate pinning: a receiver refuses an unpinned sender and a sender refuses an unpinned receiver', async () => {
+/** Waits until `s` is refused with `code`; checks it never streamed. */
+async function refused(s: ReplicationSender, code: string, what: string): Promise<string> {
+  await waitFor(() => s.status().lastErrorCode === code, what);
+  await s.stop();
+  assert.equal(s.status().connects, 0, `${what}: it never streamed`);
+  return s.status().lastError ?? '';
+}
+
+test('certificate mode: each end refuses a peer whose certificate is self-signed, from another CA or for another agent', async () => {
   const r = await rig();
   try {
     await churn(r, 2, 10);
-    const wrongClient = r.sender({ identity: stranger });
-    await waitFor(() => r.events.some((e) => e.type === 'refused'), 'the receiver to refuse the stranger');
-    await wrongClient.stop();
-    const wrongServer = r.sender({ peerCertificate: stranger.cert });
-    await waitFor(
-      () => wrongServer.status().lastError?.includes('not pinned') ?? false,
-      'the sender to refuse',
+    // The receiver refuses bad senders; the sender hears why in the receiver's ERROR frame.
+    let why = await refused(
+      r.sender({ identity: selfSigned }),
+      'PEER_CERTIFICATE_UNTRUSTED',
+      'a self-signed sender',
     );
-    await wrongServer.stop();
-    assert.equal(r.sink.last, 0, 'nothing was delivered');
-    assert.equal(wrongClient.status().connects + wrongServer.status().connects, 0);
+    assert.match(why, /self-signed/);
+    why = await refused(
+      r.sender({ identity: otherCa }),
+      'PEER_CERTIFICATE_UNTRUSTED',
+      'a sender of another CA',
+    );
+    assert.match(why, /another CA/);
+    why = await refused(
+      r.sender({ identity: otherAgent }),
+      'PEER_IDENTITY_MISMATCH',
+      'another agent as sender',
+    );
+    assert.match(why, /urn:osr:agent:stranger, not urn:osr:agent:source/);
+    assert.ok(r.events.filter((e) => e.type === 'refused').length >= 3, 'the receiver logged the refusals');
+    // The sender refuses a receiver that is not the agent the control plane named, before it sends anything.
+    why = await refused(
+      r.sender({ peerAuth: fromSource }),
+      'PEER_IDENTITY_MISMATCH',
+      'another agent as receiver',
+    );
+    assert.match(why, /receiver's certificate names urn:osr:agent:recovery/);
+    r.receiver.setIdentity(selfSigned, dst.ca);
+    why = await refused(r.sender(), 'PEER_CERTIFICATE_UNTRUSTED', 'a self-signed receiver');
+    assert.match(why, /receiver's certificate is self-signed/);
+    r.receiver.setIdentity(otherCa, dst.ca);
+    await refused(r.sender(), 'PEER_CERTIFICATE_UNTRUSTED', 'a receiver of another CA');
+    assert.equal(r.sink.last, 0, 'nothing reached the replica');
+    assert.equal(r.sink.received.length, 0);
+    // The right pair streams.
+    r.receiver.setIdentity(dst, dst.ca);
+    const s = r.sender();
+    await s.waitForAck(r.journal.lastSeq);
+    await assertLevel(r);
+  } finally {
+    await r.close();
+  }
+});
+
+test('token mode: the right shared secret streams whatever the certificates, a wrong one is refused either way', async () => {
+  const r = await rig();
+  try {
+    const last = await churn(r, 7, 20);
+    r.auth = { mode: 'token', token: 'the-item-token-0123456789' };
+    // A wrong token, however good the certificate: the receiver refuses.
+    const wrong = r.sender({ peerAuth: { mode: 'token', token: 'another-token-0123456789' } });
+    assert.match(await refused(wrong, 'TOKEN_REJECTED', 'a wrong token'), /token .* is wrong/);
+    // A receiver that does not prove the token (it asks for a certificate instead): the sender refuses it.
+    r.auth = fromSource;
+    const unproven = r.sender({ peerAuth: { mode: 'token', token: 'the-item-token-0123456789' } });
+    assert.match(await refused(unproven, 'TOKEN_REJECTED', 'an unproven receiver'), /did not prove/);
+    assert.equal(r.sink.received.length, 0, 'nothing reached the replica');
+    // Certificates are not what token mode trusts: a self-signed sender with the right token streams.
+    r.auth = { mode: 'token', token: 'the-item-token-0123456789' };
+    const s = r.sender({ identity: selfSigned, peerAuth: r.auth });
+    await s.waitForAck(last);
+    await assertLevel(r);
   } finally {
     await r.close();
   }
@@ -195,8 +276,9 @@ test('after the receiver goes away the sender resumes from the last ack: nothing
     r.receiver = await ReplicationReceiver.listen({
       port,
       identity: dst,
-      peerCertificates: [src.cert],
+      trustedCa: dst.ca,
       sinkFor: () => r.sink,
+      peerAuthFor: () => fromSource,
     });
     await s.waitForAck(last);
     await assertLevel(r);
@@ -240,8 +322,9 @@ test('the bandwidth limit in force slows the link', async () => {
     const s = r.sender({ compress: false, bandwidthLimitAt: () => 16 });
     const rnd = mulberry32(7);
     const d = r.disks.get('os')!;
-    for (let i = 0; i < 20; i++) await d.write(i * 65536, randomBytes(rnd, 65536));
+    // Timed from the first write: the sender ships while the writes are still being made.
     const t0 = Date.now();
+    for (let i = 0; i < 20; i++) await d.write(i * 65536, randomBytes(rnd, 65536));
     await s.waitForAck(r.journal.lastSeq);
     const took = Date.now() - t0;
     assert.ok(took >= 350, `1.3 MB at 2 MB/s took ${took} ms`);

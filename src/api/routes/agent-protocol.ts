@@ -1,10 +1,12 @@
 /**
  * The agent protocol (docs/agent-protocol.md), spoken by site agents only:
- * registration with a key (R-INF-2), heartbeats (R-INF-3), inventory reports,
- * the long-poll command channel with results, replication status reports and the
- * peer lookup for the site-to-site stream. Every route but `register` needs the
- * agent's own credential as bearer token.
+ * registration with a key (R-INF-2) and a certificate request the control plane's CA
+ * signs, certificate renewal, heartbeats (R-INF-3), inventory reports, the long-poll
+ * command channel with results, replication status reports and the peer lookup for
+ * the site-to-site stream. Every route but `register` needs the agent's own
+ * credential as bearer token.
  */
+import { randomUUID } from 'node:crypto';
 import { Type } from '@fastify/type-provider-typebox';
 import { OsrError, notFound } from '../../domain/errors.js';
 import type { Agent, JobError } from '../../domain/model.js';
@@ -21,6 +23,12 @@ export const DEFAULT_WAIT_MS = 25_000;
 export const DEFAULT_CONTAINER_NAME = 'default';
 
 const ServerTime = Type.Object({ serverTime: Type.String() });
+const CertificateRequestPem = Type.String({ minLength: 1, maxLength: 64 * 1024 });
+const IssuedCertificate = Type.Object({
+  certificatePem: Type.String(),
+  caCertificatePem: Type.String(),
+  expiresAt: Type.String(),
+});
 
 function agentOf(req: { agent: Agent | null }): Agent {
   if (req.agent === null) throw new OsrError('UNAUTHORIZED', 'agent credential required');
@@ -43,7 +51,7 @@ export function agentProtocolRoutes(app: ApiInstance, ctx: ApiContext): void {
             friendlyName: Type.String({ minLength: 1, maxLength: 200 }),
             version: Type.String({ minLength: 1, maxLength: 100 }),
             dataAddress: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
-            certificatePem: Type.Optional(Type.String({ minLength: 1, maxLength: 64 * 1024 })),
+            certificateRequestPem: Type.Optional(CertificateRequestPem),
           },
           { additionalProperties: false },
         ),
@@ -55,6 +63,7 @@ export function agentProtocolRoutes(app: ApiInstance, ctx: ApiContext): void {
             siteId: Type.String(),
             siteName: Type.String(),
             heartbeatIntervalMs: Type.Integer(),
+            certificate: Type.Optional(IssuedCertificate),
           }),
         },
       },
@@ -71,15 +80,26 @@ export function agentProtocolRoutes(app: ApiInstance, ctx: ApiContext): void {
         });
       }
       const site = await ctx.store.sites.getById(key.siteId);
+      const agentId = randomUUID();
+      // Checked and signed before anything is stored: a refused request registers nothing.
+      const certificate =
+        req.body.certificateRequestPem === undefined
+          ? undefined
+          : ctx.trust.issueAgentCertificate(
+              req.body.certificateRequestPem,
+              { agentId, siteName: site.name, registering: true },
+              now,
+            );
       const credential = newSecret();
       const agent = await ctx.store.agents.create({
+        id: agentId,
         vaultId: key.vaultId,
         siteId: site.id,
         friendlyName: req.body.friendlyName,
         credentialHash: hashSecret(credential),
         version: req.body.version,
         dataAddress: req.body.dataAddress ?? null,
-        certificatePem: req.body.certificatePem ?? null,
+        certificatePem: certificate?.certificatePem ?? null,
         registeredAt: now.toISOString(),
         lastHeartbeatAt: now.toISOString(),
       });
@@ -108,7 +128,42 @@ export function agentProtocolRoutes(app: ApiInstance, ctx: ApiContext): void {
         siteId: site.id,
         siteName: site.name,
         heartbeatIntervalMs: ctx.heartbeatIntervalMs,
+        ...(certificate === undefined ? {} : { certificate }),
       });
+    },
+  );
+
+  app.post(
+    '/agent/certificate',
+    {
+      config: { auth: 'agent' },
+      schema: {
+        tags,
+        summary: 'Issue the agent a new stream certificate for its certificate request (upgrade or renewal)',
+        body: Type.Object({ certificateRequestPem: CertificateRequestPem }, { additionalProperties: false }),
+        response: { 200: IssuedCertificate },
+      },
+    },
+    async (req) => {
+      const agent = agentOf(req);
+      const site = await ctx.store.sites.getById(agent.siteId);
+      const now = ctx.clock.now();
+      const issued = ctx.trust.issueAgentCertificate(
+        req.body.certificateRequestPem,
+        { agentId: agent.id, siteName: site.name, registering: false },
+        now,
+      );
+      await ctx.store.agents.update(agent.id, { certificatePem: issued.certificatePem });
+      await ctx.store.events.add({
+        vaultId: agent.vaultId,
+        severity: 'Info',
+        kind: 'AgentCertificateIssued',
+        targetId: agent.id,
+        message: `agent '${agent.friendlyName}' got a new stream certificate, valid until ${issued.expiresAt}`,
+        details: { siteId: site.id, expiresAt: issued.expiresAt },
+        time: now.toISOString(),
+      });
+      return issued;
     },
   );
 
@@ -123,7 +178,6 @@ export function agentProtocolRoutes(app: ApiInstance, ctx: ApiContext): void {
           {
             version: Type.Optional(Type.String({ minLength: 1, maxLength: 100 })),
             dataAddress: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
-            certificatePem: Type.Optional(Type.String({ minLength: 1, maxLength: 64 * 1024 })),
           },
           { additionalProperties: false },
         ),

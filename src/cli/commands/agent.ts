@@ -41,6 +41,7 @@ interface AgentRunFlags {
   inventoryPoll?: number;
   shutdownTimeout?: number;
   pointInterval?: number;
+  certificateCheck?: number;
   exitWithParent?: boolean | number;
 }
 
@@ -50,7 +51,10 @@ function withRunOptions(cmd: Command): Command {
     .option('--key <file>', 'registration key file (needed until the agent has registered)')
     .option('--site-dir <dir>', 'the site folder with site.json and machines/')
     .option('--proxy <url>', 'HTTP proxy for the control plane, http://[user:pass@]host:port')
-    .option('--data-address <host:port>', 'address advertised for the site-to-site stream')
+    .option(
+      '--data-address <host[:port]>',
+      "address of the site-to-site stream: receivers listen on its host at the policies' replication ports",
+    )
     .option('--name <name>', 'friendly name shown by `osr agent list`')
     .option('--log-level <level>', 'log level (default: OSR_LOG_LEVEL or info); logs go to stderr')
     .option('--backoff-max <ms>', 'longest wait between reconnect attempts (default 30000)', intArg(1))
@@ -64,6 +68,11 @@ function withRunOptions(cmd: Command): Command {
     .option(
       '--point-interval <ms>',
       "crash-consistent recovery points this often instead of the policy's copy frequency (demos, tests)",
+      intArg(100),
+    )
+    .option(
+      '--certificate-check <ms>',
+      'how often the stream certificate is checked for renewal (default 60000)',
       intArg(100),
     )
     .option(
@@ -140,6 +149,7 @@ async function runAgent(cmd: Command): Promise<void> {
       ...(flags.inventoryPoll === undefined ? {} : { inventoryPollMs: flags.inventoryPoll }),
       ...(flags.shutdownTimeout === undefined ? {} : { shutdownTimeoutMs: flags.shutdownTimeout }),
       ...(flags.pointInterval === undefined ? {} : { crashPointIntervalMs: flags.pointInterval }),
+      ...(flags.certificateCheck === undefined ? {} : { certificateCheckMs: flags.certificateCheck }),
       log: logger,
       signal: abort.signal,
     });

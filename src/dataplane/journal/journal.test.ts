@@ -306,3 +306,33 @@ test('resync brackets and tombstones round-trip through the record codec', async
   assert.deepEqual(t.entry, { kind: 'zero', seq: 12, time: 7, diskId: 'd0', offset: 0, length: 0 });
   assert.throws(() => encodeTombstone(1, 1, 'd0', 40), RangeError);
 });
+
+test('an interrupted export voids its offline placeholders in place: same seqs, no seed needed, writes kept', async () => {
+  const t = tempDir();
+  const j = WriteJournal.open(t.dir, [{ id: 'd', sizeBytes: 1 << 20 }]);
+  try {
+    const disk = j.attach('d', new MemoryBackend(1 << 20));
+    const a = j.reserve('d', 0, 4096);
+    await a.fillOffline();
+    await disk.write(8192, Buffer.alloc(512, 7));
+    const b = j.reserve('d', 4096, 4096);
+    await b.fillOffline();
+    const before = await readAll(j);
+    assert.deepEqual(
+      before.map((e) => e.kind),
+      ['offline', 'write', 'offline'],
+    );
+    assert.deepEqual(await j.voidOfflinePlaceholders(), [a.seq, b.seq]);
+    const after = await readAll(j);
+    assert.deepEqual(
+      after.map((e) => [e.seq, e.kind]),
+      before.map((e) => [e.seq, e.kind === 'offline' ? 'zero' : e.kind]),
+    );
+    for (const e of after) if (e.kind === 'zero') assert.equal(e.length, 0, 'a tombstone changes nothing');
+    assert.deepEqual((after[1] as Extract<JournalEntry, { kind: 'write' }>).data, Buffer.alloc(512, 7));
+    assert.deepEqual(await j.voidOfflinePlaceholders(), [], 'nothing left to void');
+  } finally {
+    await j.close();
+    t.remove();
+  }
+});

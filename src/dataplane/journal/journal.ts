@@ -605,6 +605,40 @@ export class WriteJournal {
   }
 
   /**
+   * Voids the offline placeholders an unfinished export left (initial replication by export/import, R-POL-6):
+   * each is overwritten in place by a tombstone of the same seq and size, so the stream keeps its seqs but no
+   * longer needs the seed file the interrupted export never finished. Safe only when a new export follows that
+   * copies every block again (their bytes travel in its seed). Returns the seqs voided.
+   */
+  async voidOfflinePlaceholders(): Promise<number[]> {
+    this.assertUsable();
+    await this.flush();
+    const voided: number[] = [];
+    for (const seg of this.segments) {
+      if (seg.positions.length === 0) continue;
+      const buf = fs.readFileSync(seg.path);
+      const fixes: Array<{ at: number; rec: Buffer }> = [];
+      for (let i = 0; i < seg.positions.length; i++) {
+        const at = seg.positions[i]!;
+        const p = probeRecord(buf, at);
+        if (p.status !== 'ok' || p.entry.kind !== 'offline') continue;
+        fixes.push({ at, rec: encodeTombstone(p.entry.seq, p.entry.time, p.entry.diskId, p.size) });
+        voided.push(p.entry.seq);
+      }
+      if (fixes.length === 0) continue;
+      const fd = fs.openSync(seg.path, 'r+');
+      try {
+        for (const f of fixes) fs.writeSync(fd, f.rec, 0, f.rec.length, f.at);
+        // Durable before the sender may read them again: a crash must not bring the placeholders back.
+        fs.fdatasyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    return voided;
+  }
+
+  /**
    * Ends a resync: appends the resync `end` to the stream and, once it is durable, drops the dirty bitmaps. Only
    * valid when the resync started by `beginResync` completed and no overflow happened since; resolves false
    * (bitmaps kept) otherwise.

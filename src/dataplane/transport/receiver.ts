@@ -7,8 +7,8 @@ import { decodeBatch } from './batch.js';
 import { encodeFrame, FrameDecoder, FrameError, FrameType, jsonPayload, parseJson } from './frame.js';
 import type { Frame } from './frame.js';
 import type { ChangeSink, OfflineSeedSource } from './sink.js';
-import { fingerprintOf, peerIsPinned } from './tls-pinning.js';
-import type { TlsIdentity } from './tls-pinning.js';
+import { certificateRefusal, tokenProof, tokenProofMatches } from './link-auth.js';
+import type { PeerAuth, TlsIdentity } from './link-auth.js';
 
 /** Options of `ReplicationReceiver.listen`. */
 export interface ReplicationReceiverOptions {
@@ -16,12 +16,14 @@ export interface ReplicationReceiverOptions {
   readonly host?: string;
   /** TCP port (R-POL-7, configurable). Default 0 (any free port). */
   readonly port?: number;
-  /** This agent's key and certificate (the sender pins the certificate). */
+  /** This agent's key and certificate (presented to senders). */
   readonly identity: TlsIdentity;
-  /** Certificates (PEM) or SHA-256 fingerprints of the senders allowed to connect; anything else is refused. */
-  readonly peerCertificates: readonly string[];
+  /** The CA (PEM) a sender's certificate must chain to in certificate mode; without it that mode refuses all. */
+  readonly trustedCa?: string;
   /** The sink of a replication group, `undefined` for a group this site does not receive. */
   readonly sinkFor: (groupId: string) => ChangeSink | undefined;
+  /** How the sender of a group must authenticate (asked after its HELLO, before anything reaches the sink). */
+  readonly peerAuthFor: (groupId: string) => PeerAuth | undefined;
   /** Bytes of offline placeholders of a group (initial replication by export/import). */
   readonly offlineSeedFor?: (groupId: string) => OfflineSeedSource | undefined;
   /** A connection is dropped after this long without a frame from the sender. Default 20 s. */
@@ -54,8 +56,9 @@ interface GroupState {
 }
 
 /**
- * The recovery side of the link: a TLS server that accepts only pinned sender certificates, verifies every
- * frame, hands each group's batches to its sink strictly in order, and acknowledges a seq only after
+ * The recovery side of the link: a TLS server that lets a connection stream a group only once its sender
+ * authenticated as the group requires (`peerAuthFor`: a certificate from the trusted CA naming the expected
+ * agent, or the group's token), verifies every frame, hands each group's batches to its sink strictly in order, and acknowledges a seq only after
  * `sink.receive` resolved (durable). A bad frame drops the connection; the sender reconnects and resends from
  * the last acknowledged seq, and changes the sink already has are skipped, so nothing is applied twice. A new
  * connection for a group takes over from the old one only after the old one's in-progress batch settled.
@@ -68,21 +71,21 @@ export class ReplicationReceiver {
   /** Every accepted TCP connection, including those still in the TLS handshake. */
   private readonly raw = new Set<net.Socket>();
   private closing = false;
+  private trustedCa: string | undefined;
 
   private constructor(options: ReplicationReceiverOptions, server: tls.Server) {
     this.o = options;
     this.server = server;
+    this.trustedCa = options.trustedCa;
   }
 
   /** Starts listening. */
   static async listen(options: ReplicationReceiverOptions): Promise<ReplicationReceiver> {
-    const pins = new Set(options.peerCertificates.map(fingerprintOf));
     const server = tls.createServer({
-      key: options.identity.key,
-      cert: options.identity.cert,
+      ...secureContextOptions(options.identity, options.trustedCa),
       minVersion: 'TLSv1.3',
       requestCert: true,
-      // Trust is the pin checked on `secureConnection`, not a CA chain.
+      // Which check applies depends on the group the sender names in its HELLO: the handshake lets everyone in.
       rejectUnauthorized: false,
     });
     const receiver = new ReplicationReceiver(options, server);
@@ -97,11 +100,6 @@ export class ReplicationReceiver {
     server.on('secureConnection', (socket: tls.TLSSocket) => {
       // A handshake that finished after close() began must not start serving: close would wait for it forever.
       if (receiver.closing) {
-        socket.destroy();
-        return;
-      }
-      if (!peerIsPinned(socket, pins)) {
-        options.onEvent?.({ type: 'refused', reason: 'sender certificate is not pinned' });
         socket.destroy();
         return;
       }
@@ -122,6 +120,12 @@ export class ReplicationReceiver {
   /** The port listened on. */
   get port(): number {
     return (this.server.address() as AddressInfo).port;
+  }
+
+  /** Presents `identity` and trusts `trustedCa` from the next connection on (a renewed certificate). */
+  setIdentity(identity: TlsIdentity, trustedCa: string | undefined): void {
+    this.server.setSecureContext(secureContextOptions(identity, trustedCa));
+    this.trustedCa = trustedCa;
   }
 
   /** Receiving figures of a group (undefined before its first connection). */
@@ -172,13 +176,30 @@ export class ReplicationReceiver {
       if (failed || socket.destroyed) return;
       if (groupId === null) {
         if (f.type !== FrameType.HELLO) throw new FrameError(`expected HELLO, got frame type ${f.type}`);
-        const hello = parseJson(f.payload) as { groupId?: unknown };
+        const hello = parseJson(f.payload) as { groupId?: unknown; proof?: unknown };
         if (typeof hello.groupId !== 'string') throw new FrameError('HELLO without a group id');
         const sink = this.o.sinkFor(hello.groupId);
-        if (!sink)
+        const auth = this.o.peerAuthFor(hello.groupId);
+        if (!sink || !auth)
           throw Object.assign(new Error(`group ${hello.groupId} is not received here`), {
             code: 'UNKNOWN_GROUP',
           });
+        // The sender proves who it is before anything of its stream is looked at.
+        const refusal =
+          auth.mode === 'certificate'
+            ? certificateRefusal(socket, this.trustedCa !== undefined, auth.identity, 'sender')
+            : tokenProofMatches(socket, auth.token, 'sender', hello.groupId, hello.proof)
+              ? undefined
+              : Object.assign(
+                  new Error(`the sender's replication token for group ${hello.groupId} is wrong`),
+                  {
+                    code: 'TOKEN_REJECTED',
+                  },
+                );
+        if (refusal) {
+          this.o.onEvent?.({ type: 'refused', reason: refusal.message });
+          throw refusal;
+        }
         groupId = hello.groupId;
         group = this.takeOver(groupId, socket);
         await group.done;
@@ -189,7 +210,9 @@ export class ReplicationReceiver {
         socket.once('close', () => void chain.then(release));
         last = await sink.lastReceivedSeq();
         group.status.lastReceivedSeq = last;
-        socket.write(encodeFrame(FrameType.HELLO, jsonPayload({ groupId, resumeSeq: last })));
+        const proof =
+          auth.mode === 'token' ? { proof: tokenProof(socket, auth.token, 'receiver', groupId) } : {};
+        socket.write(encodeFrame(FrameType.HELLO, jsonPayload({ groupId, resumeSeq: last, ...proof })));
         this.o.onEvent?.({ type: 'connected', groupId, resumeSeq: last });
         return;
       }
@@ -316,6 +339,13 @@ export class ReplicationReceiver {
     }
     return out;
   }
+}
+
+function secureContextOptions(
+  identity: TlsIdentity,
+  trustedCa: string | undefined,
+): tls.SecureContextOptions {
+  return { key: identity.key, cert: identity.cert, ...(trustedCa === undefined ? {} : { ca: trustedCa }) };
 }
 
 /** A resync begin: the only change a stream may skip seqs to (a re-base after a lost resume position). */

@@ -5,8 +5,8 @@ import type { WriteJournal } from '../journal/journal.js';
 import { encodeBatch } from './batch.js';
 import { encodeFrame, FrameDecoder, FrameError, FrameType, jsonPayload, parseJson } from './frame.js';
 import type { Frame } from './frame.js';
-import { fingerprintOf, peerIsPinned } from './tls-pinning.js';
-import type { TlsIdentity } from './tls-pinning.js';
+import { LinkAuthError, certificateRefusal, tokenProof, tokenProofMatches } from './link-auth.js';
+import type { PeerAuth, TlsIdentity } from './link-auth.js';
 import { TokenBucket } from './token-bucket.js';
 
 /** Options of `ReplicationSender`. */
@@ -17,10 +17,12 @@ export interface ReplicationSenderOptions {
   readonly groupId: string;
   readonly host: string;
   readonly port: number;
-  /** This agent's key and certificate (the receiver pins the certificate). */
+  /** This agent's key and certificate (presented to the receiver). */
   readonly identity: TlsIdentity;
-  /** The receiver's certificate (PEM) or its SHA-256 fingerprint; any other certificate is refused. */
-  readonly peerCertificate: string;
+  /** The CA (PEM) the receiver's certificate must chain to in certificate mode; without it that mode fails. */
+  readonly trustedCa?: string;
+  /** How the receiver must prove itself: a certificate naming the expected agent, or the group's token. */
+  readonly peerAuth: PeerAuth;
   /** Compress batches with brotli quality 1 (R-POL-4). Default true. */
   readonly compress?: boolean;
   /** Raw bytes of journal records per batch. Default 1 MiB. */
@@ -89,6 +91,8 @@ export interface SenderStatus {
   /** Times the stream was re-based after a lost resume position (`rebaseOnLostResume`). */
   readonly rebases: number;
   readonly lastError: string | null;
+  /** The code of the last error when it had one (e.g. `PEER_IDENTITY_MISMATCH`, or one the receiver sent). */
+  readonly lastErrorCode: string | null;
 }
 
 interface InFlight {
@@ -116,7 +120,8 @@ export class PeerError extends Error {
 }
 
 /**
- * Ships a group's journal to the recovery site (DESIGN §2 "Ship"): connects over TLS with certificate pinning,
+ * Ships a group's journal to the recovery site (DESIGN §2 "Ship"): connects over TLS and checks the receiver
+ * (`peerAuth`: its certificate chains to the trusted CA and names the expected agent, or it proves the token),
  * learns the receiver's resume position from HELLO, streams BATCH frames from there, frees journal segments as
  * ACKs arrive, keeps at most `maxInFlightBytes` unacknowledged, honours the bandwidth limit, and reconnects with
  * backoff after any failure — resending from the last acknowledged seq, so nothing is lost; the receiver drops
@@ -124,7 +129,8 @@ export class PeerError extends Error {
  */
 export class ReplicationSender {
   private readonly o: ReplicationSenderOptions;
-  private readonly pins: ReadonlySet<string>;
+  private target: { host: string; port: number; peerAuth: PeerAuth };
+  private tls: { identity: TlsIdentity; trustedCa: string | undefined };
   private readonly bucket: TokenBucket;
   private readonly clock: () => number;
   private readonly abort = new AbortController();
@@ -149,7 +155,8 @@ export class ReplicationSender {
 
   constructor(options: ReplicationSenderOptions) {
     this.o = options;
-    this.pins = new Set([fingerprintOf(options.peerCertificate)]);
+    this.target = { host: options.host, port: options.port, peerAuth: options.peerAuth };
+    this.tls = { identity: options.identity, trustedCa: options.trustedCa };
     this.clock = options.clock ?? Date.now;
     this.bucket = new TokenBucket({ limitAt: options.bandwidthLimitAt ?? (() => null), clock: this.clock });
   }
@@ -170,6 +177,17 @@ export class ReplicationSender {
     this.state = 'stopped';
     for (const r of this.hashRequests.values()) r.reject(new Error('sender stopped'));
     this.hashRequests.clear();
+  }
+
+  /** Presents `identity` and trusts `trustedCa` from the next connection on (a renewed certificate). */
+  setIdentity(identity: TlsIdentity, trustedCa: string | undefined): void {
+    this.tls = { identity, trustedCa };
+  }
+
+  /** Where the receiver is and how it proves itself, from the next connection on (the recovery agent moved). */
+  retarget(host: string, port: number, peerAuth: PeerAuth): void {
+    this.target = { host, port, peerAuth };
+    this.wake();
   }
 
   /** Last seq the receiver acknowledged. */
@@ -229,6 +247,7 @@ export class ReplicationSender {
       connects: this.connects,
       rebases: this.rebases,
       lastError: this.lastError?.message ?? null,
+      lastErrorCode: (this.lastError as { code?: unknown } | null)?.code?.toString() ?? null,
     };
   }
 
@@ -265,14 +284,17 @@ export class ReplicationSender {
   }
 
   private connect(signal: AbortSignal): Promise<tls.TLSSocket> {
+    const { host, port, peerAuth } = this.target;
+    const { identity, trustedCa } = this.tls;
     return new Promise((resolve, reject) => {
       const socket = tls.connect({
-        host: this.o.host,
-        port: this.o.port,
-        key: this.o.identity.key,
-        cert: this.o.identity.cert,
+        host,
+        port,
+        key: identity.key,
+        cert: identity.cert,
+        ...(trustedCa === undefined ? {} : { ca: trustedCa }),
         minVersion: 'TLSv1.3',
-        // Trust is the pin checked below, not a CA chain or a host name.
+        // Trust is the agent identity (or token) checked below, never a host name; the chain is checked there too.
         rejectUnauthorized: false,
         checkServerIdentity: () => undefined,
       });
@@ -283,14 +305,13 @@ export class ReplicationSender {
       signal.addEventListener('abort', onAbort, { once: true });
       socket.once('secureConnect', () => {
         signal.removeEventListener('abort', onAbort);
-        if (!peerIsPinned(socket, this.pins)) {
+        const refusal =
+          peerAuth.mode === 'certificate'
+            ? certificateRefusal(socket, trustedCa !== undefined, peerAuth.identity, 'receiver')
+            : undefined;
+        if (refusal) {
           socket.destroy();
-          reject(
-            new PeerError(
-              'CERTIFICATE_NOT_PINNED',
-              'the receiver presented a certificate that is not pinned',
-            ),
-          );
+          reject(refusal);
           return;
         }
         resolve(socket);
@@ -305,6 +326,7 @@ export class ReplicationSender {
   /** One connection's life; resolves true when it got as far as streaming. Always ends by throwing or abort. */
   private async session(signal: AbortSignal): Promise<boolean> {
     const journal = this.o.journal;
+    const { peerAuth } = this.target;
     const socket = await this.connect(signal);
     const decoder = new FrameDecoder();
     const inbox: Frame[] = [];
@@ -347,7 +369,14 @@ export class ReplicationSender {
         FrameType.HELLO,
         encodeFrame(
           FrameType.HELLO,
-          jsonPayload({ groupId: this.o.groupId, firstSeq: journal.firstSeq, lastSeq: journal.lastSeq }),
+          jsonPayload({
+            groupId: this.o.groupId,
+            firstSeq: journal.firstSeq,
+            lastSeq: journal.lastSeq,
+            ...(peerAuth.mode === 'token'
+              ? { proof: tokenProof(socket, peerAuth.token, 'sender', this.o.groupId) }
+              : {}),
+          }),
         ),
       );
       let next = -1;
@@ -364,7 +393,16 @@ export class ReplicationSender {
           }
           if (next < 0) {
             if (f.type !== FrameType.HELLO) throw new FrameError(`expected HELLO, got frame type ${f.type}`);
-            const hello = parseJson(f.payload) as { resumeSeq?: unknown };
+            const hello = parseJson(f.payload) as { resumeSeq?: unknown; proof?: unknown };
+            if (
+              peerAuth.mode === 'token' &&
+              !tokenProofMatches(socket, peerAuth.token, 'receiver', this.o.groupId, hello.proof)
+            ) {
+              throw new LinkAuthError(
+                'TOKEN_REJECTED',
+                'the receiver did not prove it holds the replication token (another token, or not the recovery agent)',
+              );
+            }
             const resume = Number(hello.resumeSeq);
             if (!Number.isSafeInteger(resume) || resume < 0)
               throw new FrameError('HELLO without a resume position');
