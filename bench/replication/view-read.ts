@@ -33,15 +33,18 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-async function readAll(b: BlockBackend): Promise<number> {
+/** One pass over `b`: MiB/s, and CPU seconds (all threads) per GiB read. */
+async function readAll(b: BlockBackend): Promise<{ mibs: number; cpuPerGiB: number }> {
   const buf = Buffer.allocUnsafe(readBytes);
+  const cpu0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   for (let pos = 0; pos < b.size; pos += readBytes) {
     const n = Math.min(readBytes, b.size - pos);
     await b.read(pos, n, n === readBytes ? buf : undefined);
   }
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
-  return b.size / (1024 * 1024) / s;
+  const cpu = process.cpuUsage(cpu0);
+  return { mibs: b.size / (1024 * 1024) / s, cpuPerGiB: (cpu.user + cpu.system) / 1e6 / (b.size / 2 ** 30) };
 }
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-bench-view-'));
@@ -89,14 +92,16 @@ try {
   // machine a single pass of each swings by 2x either way.
   await readAll(store.openBase('d'));
   await readAll(view);
-  const baseRuns: number[] = [];
-  const viewRuns: number[] = [];
+  const baseRuns: Array<{ mibs: number; cpuPerGiB: number }> = [];
+  const viewRuns: Array<{ mibs: number; cpuPerGiB: number }> = [];
   for (let i = 0; i < rounds; i++) {
     baseRuns.push(await readAll(store.openBase('d')));
     viewRuns.push(await readAll(view));
   }
-  const baseMiBs = median(baseRuns);
-  const viewMiBs = median(viewRuns);
+  const baseMiBs = median(baseRuns.map((r) => r.mibs));
+  const viewMiBs = median(viewRuns.map((r) => r.mibs));
+  const baseCpu = median(baseRuns.map((r) => r.cpuPerGiB));
+  const viewCpu = median(viewRuns.map((r) => r.cpuPerGiB));
   await view.close();
   console.log(
     JSON.stringify(
@@ -110,6 +115,8 @@ try {
         baseReadMiBs: Math.round(baseMiBs),
         oldestViewReadMiBs: Math.round(viewMiBs),
         ratio: Number((viewMiBs / baseMiBs).toFixed(2)),
+        baseCpuSecsPerGiB: Number(baseCpu.toFixed(3)),
+        viewCpuSecsPerGiB: Number(viewCpu.toFixed(3)),
         rounds,
       },
       null,

@@ -1,6 +1,7 @@
 /**
- * The initial copy reads several blocks at once: a failed read must still leave the stream without a hole (its
- * reserved seq is given up), or every later record would wait behind it forever.
+ * The journaled initial copy reads several blocks at once: a failed read must still leave the stream without a
+ * hole (its reserved seq is given up), or every later record would wait behind it forever. The streamed copy
+ * reads at send time: a failed read there is retried by the sender, and the replica cuts no point inside it.
  */
 import * as assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -8,7 +9,8 @@ import { test } from 'node:test';
 import { WriteJournal } from '../../src/dataplane/journal/journal.js';
 import { MemoryBackend } from '../../src/dataplane/nbd/memory-backend.js';
 import { runInitialCopy } from '../../src/dataplane/resync/initial-copy.js';
-import { mulberry32, randomBytes, tempDir } from './source-support.js';
+import { startPipeline } from './pipeline-support.js';
+import { makeIdentity, mulberry32, randomBytes, tempDir, waitFor } from './source-support.js';
 
 const MiB = 1024 * 1024;
 
@@ -58,6 +60,74 @@ test('a read failing mid-copy fails the copy, and the journal keeps going: no se
       await journal.close();
     }
   } finally {
+    t.remove();
+  }
+});
+
+test('a streamed copy into a replica store: no point inside it, a failing read is retried, the replica ends exact', async () => {
+  const t = tempDir('osr-copy-stream-');
+  const id = { source: makeIdentity(t.dir, 'source'), recovery: makeIdentity(t.dir, 'recovery') };
+  const p = await startPipeline({
+    dir: join(t.dir, 'pipe'),
+    disks: [{ id: 'os', sizeBytes: 8 * MiB }],
+    ...id,
+    sender: { batchBytes: 256 * 1024 },
+  });
+  try {
+    const rnd = mulberry32(5);
+    const image = p.images.get('os')!;
+    for (let b = 0; b < 6; b++) await image.write(b * MiB + 4096, randomBytes(rnd, MiB - 8192));
+    // The source fails to read one block the first times the sender reaches it (a transient disk error).
+    let failures = 0;
+    const disk = p.disks.get('os')!;
+    const flaky = Object.create(disk) as typeof disk;
+    flaky.readApplied = (o, l) => {
+      if (o === 3 * MiB && failures < 2) {
+        failures++;
+        return Promise.reject(new Error('EIO: transient'));
+      }
+      return disk.readApplied(o, l);
+    };
+    let refusedInside = '';
+    const writes: Array<Promise<void>> = [];
+    const result = await runInitialCopy({
+      journal: p.journal,
+      disks: [{ id: 'os', backend: flaky }],
+      waitForAck: (seq) => p.sender.waitForAck(seq),
+      onProgress: (pr) => {
+        if (pr.copiedBytes === MiB) {
+          writes.push(disk.write(5 * MiB, randomBytes(rnd, 200_000)));
+          writes.push(
+            p.store.cutLatest().then(
+              () => void (refusedInside = 'a point was cut'),
+              (e: { code?: string }) => void (refusedInside = e.code ?? 'no code'),
+            ),
+          );
+        }
+      },
+    });
+    await Promise.all(writes);
+    assert.equal(refusedInside, 'RESYNC_IN_PROGRESS', 'the replica cuts no point inside the copy');
+    assert.equal(failures, 2, 'the failed reads were retried by the sender');
+    assert.match(p.sender.status().lastError ?? '', /EIO: transient/);
+    await p.sender.waitForAck(result.lastSeq);
+    assert.ok(p.store.status().directBatches > 0, 'the copy went straight into the base');
+    const seq = await p.journal.addMarker('crash-consistent', 'after-copy');
+    await p.sender.waitForAck(seq);
+    await waitFor(() => p.store.latestProcessed()?.id === 'after-copy', 'the point to be processed');
+    const source = await image.read(0, image.size);
+    const view = await p.store.openView('os', 'after-copy');
+    try {
+      assert.ok((await view.read(0, view.size)).equals(source), 'the point equals the source');
+    } finally {
+      await view.close();
+    }
+    assert.ok(
+      (await p.store.openBase('os').read(0, image.size)).equals(source),
+      'the base equals the source',
+    );
+  } finally {
+    await p.close();
     t.remove();
   }
 });

@@ -168,6 +168,85 @@ test('online initial copy of allocated blocks while a writer keeps writing ends 
   }
 });
 
+test('streamed initial copy while a writer keeps writing and the sender is replaced mid-copy ends byte-equal', async () => {
+  const p = await pipeline(6, 0.3);
+  let current = p.sender;
+  let replaced: ReplicationSender | undefined;
+  let swap = new AbortController();
+  // The copy waits for acknowledgements of whichever sender is running (a restarted agent has a new one).
+  const waitForAck = async (seq: number): Promise<void> => {
+    for (;;) {
+      const s = current;
+      const signal = swap.signal;
+      try {
+        await s.waitForAck(seq, signal);
+        return;
+      } catch (err) {
+        if (!signal.aborted) throw err;
+      }
+    }
+  };
+  let swapping: Promise<void> | undefined;
+  try {
+    const w = writer(p, 8);
+    const percents: number[] = [];
+    let refused = 0;
+    const result = await runInitialCopy({
+      journal: p.journal,
+      disks: [...p.disks].map(([id, backend]) => ({ id, backend })),
+      chunkBytes: 256 * 1024,
+      maxJournalBytes: 1024 * 1024,
+      waitForAck,
+      onProgress: (pr) => {
+        percents.push(pr.percent);
+        if (pr.percent > 30 && !swapping) {
+          swapping = (async () => {
+            await p.journal.addMarker('crash-consistent', 'inside').catch((e: { code?: string }) => {
+              if (e.code === 'COPY_IN_PROGRESS') refused++;
+            });
+            await current.stop();
+            replaced = new ReplicationSender({
+              journal: p.journal,
+              groupId: 'g',
+              host: '127.0.0.1',
+              port: p.receiver.port,
+              identity: src,
+              trustedCa: dst.ca,
+              peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
+              backoff: { initialMs: 20, maxMs: 100 },
+            });
+            replaced.start();
+            current = replaced;
+            const old = swap;
+            swap = new AbortController();
+            old.abort();
+          })();
+        }
+      },
+    });
+    await swapping;
+    const writes = await w.stop();
+    assert.ok(writes > 20, `the writer kept writing during the copy (${writes} writes)`);
+    assert.equal(refused, 1, 'no marker while the copy streams');
+    assert.ok(replaced, 'the sender was replaced mid-copy');
+    assert.equal(percents.at(-1), 100);
+    assert.ok(percents.every((x, i) => i === 0 || x >= percents[i - 1]!));
+    await current.waitForAck(p.journal.lastSeq);
+    await assertLevel(p);
+    const kinds = p.sink.received.map((c) => (c.kind === 'resync' ? c.phase : c.kind));
+    assert.equal(kinds.filter((k) => k === 'begin').length, 1);
+    assert.ok(kinds.lastIndexOf('end') > kinds.indexOf('begin'), 'the bracket was closed');
+    assert.ok(
+      p.sink.received.findIndex((c) => c.seq === result.lastSeq && c.kind === 'resync') >= 0,
+      'the copy ends with the bracket end',
+    );
+    assert.ok(await p.journal.addMarker('crash-consistent', 'after'), 'markers again after the copy');
+  } finally {
+    await replaced?.stop();
+    await p.close();
+  }
+});
+
 test('a scheduled initial copy does not start before its time', async () => {
   const p = await pipeline(3, 0.05);
   try {

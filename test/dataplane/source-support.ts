@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import { join } from 'node:path';
 import type { Change, DiskSpec } from '../../src/dataplane/changes.js';
 import { encodeRecord, probeRecord } from '../../src/dataplane/journal/record.js';
-import type { JournalEntry } from '../../src/dataplane/journal/record.js';
+import type { StoredEntry } from '../../src/dataplane/journal/record.js';
 import type { BlockBackend } from '../../src/dataplane/nbd/backend.js';
 import { MemoryBackend } from '../../src/dataplane/nbd/memory-backend.js';
 import { hashBlocks } from '../../src/dataplane/resync/block-hash.js';
@@ -212,9 +212,9 @@ export class FileSink {
   }
 
   /** Every complete record of a sink file, and where the complete part ends. */
-  static readAll(path: string): { entries: JournalEntry[]; size: number } {
+  static readAll(path: string): { entries: StoredEntry[]; size: number } {
     const buf = fs.existsSync(path) ? fs.readFileSync(path) : Buffer.alloc(0);
-    const entries: JournalEntry[] = [];
+    const entries: StoredEntry[] = [];
     let at = 0;
     for (;;) {
       const p = probeRecord(buf, at);

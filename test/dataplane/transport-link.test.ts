@@ -322,7 +322,8 @@ test('the bandwidth limit in force slows the link', async () => {
     const s = r.sender({ compress: false, bandwidthLimitAt: () => 16 });
     const rnd = mulberry32(7);
     const d = r.disks.get('os')!;
-    // Timed from the first write: the sender ships while the writes are still being made.
+    // Timed from the first write: the sender ships while the writes go on, so a slow writer (a loaded machine)
+    // must not make the link look fast.
     const t0 = Date.now();
     for (let i = 0; i < 20; i++) await d.write(i * 65536, randomBytes(rnd, 65536));
     await s.waitForAck(r.journal.lastSeq);

@@ -36,3 +36,12 @@ export class ResyncRequiredError extends Error {
   override readonly name = 'ResyncRequiredError';
   readonly code = 'RESYNC_REQUIRED' as const;
 }
+
+/**
+ * A recovery point was asked for while an initial copy streams its blocks (`WriteJournal.beginStreamedCopy`):
+ * the blocks carry bytes newer than their place in the stream, so no point is consistent until the copy ends.
+ */
+export class CopyInProgressError extends Error {
+  override readonly name = 'CopyInProgressError';
+  readonly code = 'COPY_IN_PROGRESS' as const;
+}

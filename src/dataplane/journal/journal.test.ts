@@ -336,3 +336,54 @@ test('an interrupted export voids its offline placeholders in place: same seqs, 
     t.remove();
   }
 });
+
+test('streamed blocks: no bytes in the journal, read from the disk when sent, kept across a reopen, inside a bracket', async () => {
+  const t = tempDir();
+  try {
+    let j = WriteJournal.open(t.dir, disks);
+    const d0 = new MemoryBackend(4 * MiB);
+    const obs = j.attach('d0', d0);
+    const rnd = mulberry32(12);
+    await obs.write(0, randomBytes(rnd, 2 * MiB));
+    assert.throws(() => j.appendStreamed('d0', 0, MiB), /outside a streamed copy/);
+    j.beginStreamedCopy();
+    const first = j.appendStreamed('d0', 0, MiB);
+    j.appendStreamed('d0', MiB, MiB);
+    await assert.rejects(j.addMarker('crash-consistent', 'inside'), { code: 'COPY_IN_PROGRESS' });
+    await j.flush();
+    assert.ok(j.storedBytes < 2 * MiB + 4096, 'the two streamed blocks take a record header each, no data');
+    assert.ok(j.bytesAfter(first - 1) >= 2 * MiB, 'the backlog counts the blocks to send');
+    await assert.rejects(readAll(j, first), /no block source for disk d0/);
+    j.setBlockSource('d0', (o, l) => obs.readApplied(o, l));
+    // A write after the blocks were journaled: the block read at send time holds it (the bracket allows that).
+    const later = randomBytes(rnd, 1000);
+    await obs.write(MiB + 10, later);
+    const [a, b] = await readAll(j, first);
+    assert.ok(a?.kind === 'write' && a.data.equals(await d0.read(0, MiB)));
+    assert.ok(b?.kind === 'write' && b.data.subarray(10, 1010).equals(later));
+    await j.close();
+
+    j = WriteJournal.open(t.dir, disks);
+    assert.ok(j.bytesAfter(first - 1) >= 2 * MiB, 'a reopened journal knows its streamed blocks');
+    j.setBlockSource('d0', (o, l) => d0.read(o, l));
+    const again = await readAll(j, first);
+    assert.equal(again.length, 3, 'the two blocks and the later write');
+    assert.ok(again[0]?.kind === 'write' && again[0].data.equals(await d0.read(0, MiB)));
+    j.beginStreamedCopy();
+    j.beginStreamedCopy();
+    assert.equal(await j.endStreamedCopy(), undefined, 'another copy still streams: no end yet');
+    j.abandonStreamedCopy();
+    assert.equal(await j.addMarker('crash-consistent', 'p'), j.lastSeq, 'markers again once no copy is open');
+    j.beginStreamedCopy();
+    const end = await j.endStreamedCopy();
+    assert.equal(end, j.lastSeq, 'the last copy appends the end');
+    const tail = await readAll(j, j.lastSeq);
+    assert.deepEqual(
+      tail.map((e) => (e.kind === 'resync' ? e.phase : e.kind)),
+      ['end'],
+    );
+    await j.close();
+  } finally {
+    t.remove();
+  }
+});

@@ -6,9 +6,9 @@ import { ObservedBackend } from '../nbd/observed-backend.js';
 import type { TrimEvent, WriteEvent, WriteObserver, ZeroEvent } from '../nbd/observed-backend.js';
 import { DirtyBitmap, fsyncDir, readDirtyFile, writeDirtyFile } from './dirty-bitmap.js';
 import type { ByteRange, DirtyState } from './dirty-bitmap.js';
-import { JournalCorruptError, ResyncRequiredError } from './errors.js';
+import { CopyInProgressError, JournalCorruptError, ResyncRequiredError } from './errors.js';
 import { encodeRecord, encodeTombstone, probeRecord, RECORD_HEADER_SIZE, RECORD_MAGIC } from './record.js';
-import type { JournalEntry } from './record.js';
+import type { JournalEntry, StoredEntry, StreamedBlock } from './record.js';
 
 /** A disk of the replication group as the journal sees it. */
 export interface JournalDisk extends DiskSpec {
@@ -60,6 +60,12 @@ export interface JournalStatus {
 }
 
 /**
+ * Reads `length` bytes at `offset` of a disk for a streamed block (`WriteJournal.appendStreamed`) when the sender
+ * reaches it. It must see every mutation observed before it is called (`ObservedBackend.readApplied`).
+ */
+export type BlockSource = (offset: number, length: number) => Promise<Buffer>;
+
+/**
  * A sequence number taken now for a block whose bytes are read later (initial copy, resync): later records wait
  * behind it, so it must be filled (or cancelled) promptly.
  */
@@ -82,12 +88,18 @@ interface Segment {
   readonly positions: number[];
   /** Time of record `firstSeq + i`. */
   readonly times: number[];
+  /** Seqs of the streamed blocks in the segment, ascending. */
+  readonly streamSeqs: number[];
+  /** Bytes of the streamed blocks up to and including `streamSeqs[i]`. */
+  readonly streamCum: number[];
 }
 
 interface Pending {
   readonly seq: number;
   buf: Buffer | null;
   readonly time: number;
+  /** Bytes of a streamed block (read from the disk when sent). */
+  readonly streamed?: number;
   /** Dropped by a re-base before it was written: filling it stores nothing. */
   dropped?: boolean;
 }
@@ -151,6 +163,9 @@ export class WriteJournal {
   private dirtyPersist: Promise<void> | null = null;
   private dirtyChanged = false;
   private readonly progressListeners = new Set<() => void>();
+  private readonly sources = new Map<string, BlockSource>();
+  /** Streamed copies begun and not ended: the resync bracket they opened must stay open. */
+  private openCopies = 0;
 
   private constructor(
     dir: string,
@@ -207,7 +222,7 @@ export class WriteJournal {
       const path = segmentPath(dir, 1);
       fs.closeSync(fs.openSync(path, 'a'));
       fsyncDir(dir);
-      segments.push({ firstSeq: 1, path, size: 0, positions: [], times: [] });
+      segments.push(emptySegment(1, path));
     }
     const active = segments[segments.length - 1]!;
     const fd = fs.openSync(active.path, 'r+');
@@ -339,6 +354,9 @@ export class WriteJournal {
       // Until resync has copied every dirty block the replica is not a consistent image of any moment.
       throw new ResyncRequiredError('the journal overflowed; no recovery point until resync completes');
     }
+    if (this.openCopies > 0) {
+      throw new CopyInProgressError('an initial copy is streaming; no recovery point until it ends');
+    }
     const seq = this.nextSeq++;
     const time = this.clock();
     this.enqueue({ kind: 'marker', seq, time, markerType, pointId });
@@ -376,6 +394,67 @@ export class WriteJournal {
     };
   }
 
+  /**
+   * Where the sender reads the bytes of `diskId`'s streamed blocks; `undefined` removes it. Until one is set, a
+   * sender that reaches such a block fails (and retries).
+   */
+  setBlockSource(diskId: string, source: BlockSource | undefined): void {
+    if (!this.disks.has(diskId)) throw new RangeError(`disk ${diskId} is not in this journal's group`);
+    if (source) this.sources.set(diskId, source);
+    else this.sources.delete(diskId);
+  }
+
+  /**
+   * Opens a streamed copy (initial replication without journaling the bytes): appends a resync `begin`, so the
+   * replica cuts no point until `endStreamedCopy`, and refuses markers until then. Blocks appended with
+   * `appendStreamed` are read from the disk when the sender reaches them — later than their seq, so they may
+   * hold newer bytes; replaying the writes that follow them in the stream still ends in the source's bytes, and
+   * the bracket keeps any point from seeing such a block before that.
+   */
+  beginStreamedCopy(): void {
+    this.assertUsable();
+    this.openCopies++;
+    this.enqueue({ kind: 'resync', seq: this.nextSeq++, time: this.clock(), phase: 'begin' });
+  }
+
+  /**
+   * Appends a streamed block of `length` bytes at `offset` of `diskId` (inside `beginStreamedCopy`) and returns
+   * its seq; the record holds no data. Not durable until `flush`.
+   */
+  appendStreamed(diskId: string, offset: number, length: number): number {
+    this.assertUsable();
+    if (this.openCopies === 0) throw new Error('appendStreamed outside a streamed copy');
+    if (!this.disks.has(diskId)) throw new RangeError(`disk ${diskId} is not in this journal's group`);
+    const seq = this.nextSeq++;
+    this.enqueue({ kind: 'streamed', seq, time: this.clock(), diskId, offset, length });
+    return seq;
+  }
+
+  /**
+   * Ends a streamed copy. The caller must first have the recovery site acknowledge every streamed block (none is
+   * ever read again): then the resync `end` is appended and resolves with its seq once durable. With other
+   * copies still open, or while the journal overflows or resyncs (whose own end closes the bracket), nothing is
+   * appended and it resolves with `undefined`.
+   */
+  async endStreamedCopy(): Promise<number | undefined> {
+    this.assertUsable();
+    if (this.openCopies === 0) throw new Error('endStreamedCopy without beginStreamedCopy');
+    this.openCopies--;
+    if (this.openCopies > 0 || this.dirtyState !== null) return undefined;
+    const seq = this.nextSeq++;
+    this.enqueue({ kind: 'resync', seq, time: this.clock(), phase: 'end' });
+    await this.waitDurable(seq);
+    return seq;
+  }
+
+  /**
+   * Gives up a streamed copy that failed or was stopped: no `end` is appended (its blocks may not all have been
+   * acknowledged), so the replica stays inside the bracket until a later copy or resync ends it.
+   */
+  abandonStreamedCopy(): void {
+    if (this.openCopies > 0) this.openCopies--;
+  }
+
   /** Resolves once every change observed before this call is durable. */
   flush(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
@@ -384,7 +463,8 @@ export class WriteJournal {
 
   /**
    * Records from `fromSeq` on, at most about `maxBytes` of them (always at least one when any is written), all
-   * from one segment. Only written records are returned; an empty array means the reader is caught up.
+   * from one segment; a streamed block counts with its length and comes back as a write whose bytes were read
+   * from its disk now. Only written records are returned; an empty array means the reader is caught up.
    * Throws `ResyncRequiredError` when `fromSeq` was already released.
    */
   async read(fromSeq: number, maxBytes: number): Promise<JournalEntry[]> {
@@ -396,8 +476,17 @@ export class WriteJournal {
     const seg = this.segmentOf(fromSeq);
     const lastInSeg = Math.min(seg.firstSeq + seg.positions.length - 1, this.written);
     const start = seg.positions[fromSeq - seg.firstSeq]!;
-    let endSeq = fromSeq;
-    while (endSeq < lastInSeg && this.positionAfter(seg, endSeq) - start < maxBytes) endSeq++;
+    let k = firstAtLeast(seg.streamSeqs, fromSeq);
+    let weight = 0;
+    let endSeq = fromSeq - 1;
+    while (endSeq < lastInSeg && weight < maxBytes) {
+      endSeq++;
+      weight += this.positionAfter(seg, endSeq) - seg.positions[endSeq - seg.firstSeq]!;
+      if (seg.streamSeqs[k] === endSeq) {
+        weight += seg.streamCum[k]! - (k > 0 ? seg.streamCum[k - 1]! : 0);
+        k++;
+      }
+    }
     const end = this.positionAfter(seg, endSeq);
     const buf = Buffer.allocUnsafe(end - start);
     const fd = fs.openSync(seg.path, 'r');
@@ -406,9 +495,10 @@ export class WriteJournal {
     } finally {
       fs.closeSync(fd);
     }
-    const out: JournalEntry[] = [];
+    const out: Array<Promise<JournalEntry>> = [];
     for (let at = 0, seq = fromSeq; at < buf.length; seq++) {
-      const p = probeRecord(buf, at);
+      // Views of `buf`, which is ours alone: no copy of the written bytes.
+      const p = probeRecord(buf, at, true);
       if (p.status !== 'ok' || p.entry.seq !== seq) {
         const why =
           p.status === 'ok'
@@ -418,10 +508,18 @@ export class WriteJournal {
               : 'truncated';
         throw new JournalCorruptError(seg.path, start + at, why);
       }
-      out.push(p.entry);
+      out.push(p.entry.kind === 'streamed' ? this.readStreamed(p.entry) : Promise.resolve(p.entry));
       at += p.size;
     }
-    return out;
+    return Promise.all(out);
+  }
+
+  private async readStreamed(e: StreamedBlock): Promise<JournalEntry> {
+    const source = this.sources.get(e.diskId);
+    if (!source) throw new Error(`seq ${e.seq}: no block source for disk ${e.diskId} (the copy sets it)`);
+    const data = await source(e.offset, e.length);
+    if (data.length !== e.length) throw new Error(`seq ${e.seq}: the disk returned ${data.length} bytes`);
+    return { kind: 'write', seq: e.seq, time: e.time, diskId: e.diskId, offset: e.offset, data };
   }
 
   /** Time of the change with `seq`, when it is still stored. */
@@ -432,13 +530,15 @@ export class WriteJournal {
     return i < seg.times.length ? seg.times[i] : this.pending.find((p) => p.seq === seq)?.time;
   }
 
-  /** Bytes of stored records after `seq` (the backlog of a reader that has `seq`). */
+  /** Bytes of stored records and streamed blocks after `seq` (the backlog of a reader that has `seq`). */
   bytesAfter(seq: number): number {
     let n = this.pendingBytes;
     for (const seg of this.segments) {
       const i = seq + 1 - seg.firstSeq;
       if (i <= 0) n += seg.size;
       else if (i < seg.positions.length) n += seg.size - seg.positions[i]!;
+      const k = firstAtLeast(seg.streamSeqs, seq + 1);
+      if (k < seg.streamSeqs.length) n += seg.streamCum.at(-1)! - (k > 0 ? seg.streamCum[k - 1]! : 0);
     }
     return n;
   }
@@ -541,7 +641,7 @@ export class WriteJournal {
       this.activeFd = fs.openSync(path, 'w+');
       fsyncDir(this.dir);
       this.segments.length = 0;
-      this.segments.push({ firstSeq: baseSeq, path, size: 0, positions: [], times: [] });
+      this.segments.push(emptySegment(baseSeq, path));
       this.stored = 0;
       this.nextSeq = baseSeq;
       this.written = baseSeq - 1;
@@ -645,11 +745,14 @@ export class WriteJournal {
    */
   async completeResync(): Promise<boolean> {
     if (this.dirtyState !== 'resync') return this.dirtyState === null;
-    const seq = this.nextSeq++;
-    this.enqueue({ kind: 'resync', seq, time: this.clock(), phase: 'end' });
-    // The bitmaps may go only once the end is durable: losing it in a crash would leave the replica believing
-    // it is inside a resync that nothing will ever end.
-    await this.waitDurable(seq);
+    // A streamed copy still open keeps the bracket open: its own end closes it.
+    if (this.openCopies === 0) {
+      const seq = this.nextSeq++;
+      this.enqueue({ kind: 'resync', seq, time: this.clock(), phase: 'end' });
+      // The bitmaps may go only once the end is durable: losing it in a crash would leave the replica believing
+      // it is inside a resync that nothing will ever end.
+      await this.waitDurable(seq);
+    }
     if (this.dirtyState !== 'resync') return false;
     fs.rmSync(join(this.dir, DIRTY_FILE), { force: true });
     fsyncDir(this.dir);
@@ -732,9 +835,14 @@ export class WriteJournal {
     return p;
   }
 
-  private enqueue(entry: JournalEntry): void {
+  private enqueue(entry: StoredEntry): void {
     const buf = encodeRecord(entry);
-    this.pending.push({ seq: entry.seq, buf, time: entry.time });
+    this.pending.push({
+      seq: entry.seq,
+      buf,
+      time: entry.time,
+      ...(entry.kind === 'streamed' ? { streamed: entry.length } : {}),
+    });
     this.pendingBytes += buf.length;
     this.scheduleWrite();
   }
@@ -777,6 +885,7 @@ export class WriteJournal {
           active.positions.push(active.size);
           active.times.push(p.time);
           active.size += p.buf!.length;
+          if (p.streamed !== undefined) addStreamed(active, p.seq, p.streamed);
         }
         this.stored += bytes;
         this.pendingBytes -= bytes;
@@ -811,7 +920,7 @@ export class WriteJournal {
       fsyncDir(this.dir);
       fs.closeSync(this.activeFd);
       this.activeFd = fd;
-      const seg: Segment = { firstSeq, path, size: 0, positions: [], times: [] };
+      const seg = emptySegment(firstSeq, path);
       this.segments.push(seg);
       return seg;
     } finally {
@@ -895,6 +1004,27 @@ function segmentPath(dir: string, firstSeq: number): string {
   return join(dir, `${SEGMENT_PREFIX}${String(firstSeq).padStart(16, '0')}${SEGMENT_SUFFIX}`);
 }
 
+function emptySegment(firstSeq: number, path: string): Segment {
+  return { firstSeq, path, size: 0, positions: [], times: [], streamSeqs: [], streamCum: [] };
+}
+
+function addStreamed(seg: Segment, seq: number, length: number): void {
+  seg.streamSeqs.push(seq);
+  seg.streamCum.push((seg.streamCum.at(-1) ?? 0) + length);
+}
+
+/** Index of the first element >= `x` in ascending `xs` (`xs.length` when none). */
+function firstAtLeast(xs: readonly number[], x: number): number {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (xs[mid]! < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 function settle(waiters: Waiter[], upto: number): void {
   let n = 0;
   while (n < waiters.length && waiters[n]!.seq <= upto) n++;
@@ -907,15 +1037,16 @@ function settle(waiters: Waiter[], upto: number): void {
  */
 function scanSegment(path: string, firstSeq: number, isLast: boolean): Segment {
   const buf = fs.readFileSync(path);
-  const positions: number[] = [];
-  const times: number[] = [];
+  const seg = emptySegment(firstSeq, path);
+  const { positions, times } = seg;
   let at = 0;
   while (at < buf.length) {
-    const p = probeRecord(buf, at);
+    const p = probeRecord(buf, at, true);
     const expected = firstSeq + positions.length;
     if (p.status === 'ok' && p.entry.seq === expected) {
       positions.push(at);
       times.push(p.entry.time);
+      if (p.entry.kind === 'streamed') addStreamed(seg, p.entry.seq, p.entry.length);
       at += p.size;
       continue;
     }
@@ -936,7 +1067,8 @@ function scanSegment(path: string, firstSeq: number, isLast: boolean): Segment {
     }
     break;
   }
-  return { firstSeq, path, size: at, positions, times };
+  seg.size = at;
+  return seg;
 }
 
 /** True when a valid record with seq >= `minSeq` starts somewhere at or after `from`. */

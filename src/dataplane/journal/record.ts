@@ -14,7 +14,7 @@ import { JournalFormatError } from './errors.js';
  * | 4   | 1    | version (1)                                                        |
  * | 5   | 1    | kind: 1 write, 2 zero, 3 marker, 4 resync bracket                  |
  * | 6   | 2    | flags: bit 0 app-consistent marker, bit 1 offline placeholder,     |
- * |     |      | bit 2 resync end (kind 4; begin otherwise)                         |
+ * |     |      | bit 2 resync end (kind 4; begin otherwise), bit 3 streamed block   |
  * | 8   | 2    | idLength                                                           |
  * | 10  | 2    | reserved (0)                                                       |
  * | 12  | 4    | dataLength                                                         |
@@ -40,6 +40,7 @@ const KIND_RESYNC = 4;
 const FLAG_RESYNC_END = 4;
 const FLAG_APP_CONSISTENT = 1;
 const FLAG_OFFLINE = 2;
+const FLAG_STREAMED = 8;
 const MAX_ID_LENGTH = 1024;
 
 /**
@@ -58,15 +59,32 @@ export interface OfflinePlaceholder {
   readonly length: number;
 }
 
+/**
+ * A block of an initial copy whose bytes are read from the disk when the sender reaches it, not stored in the
+ * journal (`WriteJournal.appendStreamed`); `length` bytes at `offset` of `diskId`. Only the journal stores it:
+ * `WriteJournal.read` hands it on as a write.
+ */
+export interface StreamedBlock {
+  readonly kind: 'streamed';
+  readonly seq: number;
+  readonly time: number;
+  readonly diskId: string;
+  readonly offset: number;
+  readonly length: number;
+}
+
+/** What a record holds: a `JournalEntry` or a streamed block. */
+export type StoredEntry = JournalEntry | StreamedBlock;
+
 /** Bytes the record for `entry` takes. */
-export function recordSize(entry: JournalEntry): number {
+export function recordSize(entry: StoredEntry): number {
   return (
     RECORD_HEADER_SIZE + Buffer.byteLength(entryId(entry)) + (entry.kind === 'write' ? entry.data.length : 0)
   );
 }
 
 /** Encodes one record. */
-export function encodeRecord(entry: JournalEntry): Buffer {
+export function encodeRecord(entry: StoredEntry): Buffer {
   const id = Buffer.from(entryId(entry), 'utf8');
   if (id.length > MAX_ID_LENGTH) throw new RangeError(`id longer than ${MAX_ID_LENGTH} bytes`);
   const data = entry.kind === 'write' ? entry.data : undefined;
@@ -87,8 +105,9 @@ export function encodeRecord(entry: JournalEntry): Buffer {
       length = entry.data.length;
       break;
     case 'offline':
+    case 'streamed':
       kind = KIND_WRITE;
-      flags |= FLAG_OFFLINE;
+      flags |= entry.kind === 'offline' ? FLAG_OFFLINE : FLAG_STREAMED;
       offset = entry.offset;
       length = entry.length;
       break;
@@ -146,7 +165,7 @@ export function encodeTombstone(seq: number, time: number, diskId: string, size:
 
 /** Result of looking at the bytes where a record should start. */
 export type RecordProbe =
-  | { readonly status: 'ok'; readonly entry: JournalEntry; readonly size: number }
+  | { readonly status: 'ok'; readonly entry: StoredEntry; readonly size: number }
   /** Too few bytes for the header, or for the lengths the header claims. */
   | { readonly status: 'short'; readonly need: number }
   /** Not a valid record: wrong magic/version/kind, impossible lengths or a checksum mismatch. */
@@ -154,9 +173,10 @@ export type RecordProbe =
 
 /**
  * Decodes the record starting at `at` in `buf`. Never throws on garbage: the caller decides whether a bad record
- * is a torn tail or corruption. The returned write's `data` is a copy (not a view of `buf`).
+ * is a torn tail or corruption. The returned write's `data` is a copy, or with `view` a view of `buf` (for a
+ * caller that owns `buf` and never reuses it).
  */
-export function probeRecord(buf: Buffer, at = 0): RecordProbe {
+export function probeRecord(buf: Buffer, at = 0, view = false): RecordProbe {
   const avail = buf.length - at;
   if (avail < RECORD_HEADER_SIZE) return { status: 'short', need: RECORD_HEADER_SIZE };
   if (buf.readUInt32LE(at) !== RECORD_MAGIC) return { status: 'bad', reason: 'bad magic' };
@@ -174,19 +194,29 @@ export function probeRecord(buf: Buffer, at = 0): RecordProbe {
   const size = RECORD_HEADER_SIZE + idLength + dataLength;
   if (avail < size) return { status: 'short', need: size };
   const stored = buf.readUInt32LE(at + 48);
-  const view = buf.subarray(at, at + size);
-  if (recordCrc(view, size) !== stored) return { status: 'bad', reason: 'checksum mismatch' };
+  const rec = buf.subarray(at, at + size);
+  if (recordCrc(rec, size) !== stored) return { status: 'bad', reason: 'checksum mismatch' };
   const seq = Number(buf.readBigUInt64LE(at + 16));
   const time = Number(buf.readBigUInt64LE(at + 24));
   const offset = Number(buf.readBigUInt64LE(at + 32));
   const length = Number(buf.readBigUInt64LE(at + 40));
   const id = buf.toString('utf8', at + RECORD_HEADER_SIZE, at + RECORD_HEADER_SIZE + idLength);
-  let entry: JournalEntry;
-  if (kind === KIND_WRITE && (flags & FLAG_OFFLINE) !== 0) {
-    entry = { kind: 'offline', seq, time, diskId: id, offset, length };
+  let entry: StoredEntry;
+  if (kind === KIND_WRITE && (flags & (FLAG_OFFLINE | FLAG_STREAMED)) !== 0) {
+    const both = (flags & FLAG_OFFLINE) !== 0 && (flags & FLAG_STREAMED) !== 0;
+    if (dataLength !== 0 || both) return { status: 'bad', reason: 'bad placeholder' };
+    entry = {
+      kind: (flags & FLAG_OFFLINE) !== 0 ? 'offline' : 'streamed',
+      seq,
+      time,
+      diskId: id,
+      offset,
+      length,
+    };
   } else if (kind === KIND_WRITE) {
     if (length !== dataLength) return { status: 'bad', reason: 'write length differs from its payload' };
-    const data = Buffer.from(view.subarray(RECORD_HEADER_SIZE + idLength));
+    const payload = rec.subarray(RECORD_HEADER_SIZE + idLength);
+    const data = view ? payload : Buffer.from(payload);
     entry = { kind: 'write', seq, time, diskId: id, offset, data };
   } else if (kind === KIND_ZERO) {
     entry = { kind: 'zero', seq, time, diskId: id, offset, length };
@@ -201,13 +231,13 @@ export function probeRecord(buf: Buffer, at = 0): RecordProbe {
 }
 
 /** Decodes the record at `at`, throwing `JournalFormatError` when it is not a complete valid record. */
-export function decodeRecord(buf: Buffer, at = 0): { entry: JournalEntry; size: number } {
+export function decodeRecord(buf: Buffer, at = 0): { entry: StoredEntry; size: number } {
   const p = probeRecord(buf, at);
   if (p.status === 'ok') return p;
   throw new JournalFormatError(p.status === 'short' ? 'truncated record' : p.reason);
 }
 
-function entryId(entry: JournalEntry): string {
+function entryId(entry: StoredEntry): string {
   if (entry.kind === 'resync') return '';
   return entry.kind === 'marker' ? entry.pointId : entry.diskId;
 }

@@ -124,6 +124,15 @@ export class ObservedBackend implements BlockBackend {
     return read;
   }
 
+  /**
+   * Reads once every mutation already handed to the observer has been applied; mutations handed to it later may
+   * land before or during the read (it does not hold them back). For blocks whose place in the stream is only
+   * bounded from below (a streamed initial copy, `WriteJournal.appendStreamed`).
+   */
+  readApplied(offset: number, length: number): Promise<Buffer> {
+    return this.tail.then(() => this.inner.read(offset, length));
+  }
+
   async close(): Promise<void> {
     await this.tail;
     await this.inner.close();

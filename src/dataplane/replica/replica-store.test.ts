@@ -125,6 +125,55 @@ describe('ReplicaStore', () => {
     }
   });
 
+  test('a point is listed as processed only once every change before it is in the base', async () => {
+    const d = dir();
+    const model = new DiskModel(DISKS);
+    // The first marker ends direct apply, so everything below goes through pending + undo, in one apply batch.
+    const store = await ReplicaStore.open(d, { disks: DISKS });
+    try {
+      const first: Change[] = [
+        { kind: 'write', seq: 1, time: 1, diskId: 'disk-0', offset: 0, data: Buffer.alloc(1000, 1) },
+        { kind: 'marker', seq: 2, time: 2, markerType: 'crash-consistent', pointId: 'p0' },
+      ];
+      first.forEach((c) => model.apply(c));
+      await store.receive(first);
+      await store.process();
+      // Writes above the store's 64 KiB synchronous limit go to the thread pool: their completion comes back in a
+      // later turn of the event loop, after the undo records (and the point) were saved.
+      const batch: Change[] = [
+        { kind: 'write', seq: 3, time: 3, diskId: 'disk-0', offset: 0, data: Buffer.alloc(300 * 1024, 7) },
+        { kind: 'write', seq: 4, time: 4, diskId: 'disk-1', offset: 4096, data: Buffer.alloc(200 * 1024, 9) },
+        { kind: 'marker', seq: 5, time: 5, markerType: 'crash-consistent', pointId: 'p1' },
+        { kind: 'write', seq: 6, time: 6, diskId: 'disk-0', offset: 100, data: Buffer.alloc(100 * 1024, 3) },
+      ];
+      batch.forEach((c) => model.apply(c));
+      await store.receive(batch);
+      let done = false;
+      let turns = 0;
+      const seen: string[] = [];
+      const watch = new Promise<void>((resolve) => {
+        const look = (): void => {
+          turns++;
+          for (const p of store.points()) {
+            if (!p.pending && store.lastProcessedSeq() < p.seq - 1)
+              seen.push(`${p.id} at applied seq ${store.lastProcessedSeq()}`);
+          }
+          if (done) resolve();
+          else setImmediate(look);
+        };
+        setImmediate(look);
+      });
+      await store.process();
+      done = true;
+      await watch;
+      assert.ok(turns > 1, 'the batch took several turns of the event loop');
+      assert.deepEqual(seen, [], 'no point was listed as processed before the changes it holds were applied');
+      await assertPoint(store, model, 'p1');
+    } finally {
+      await store.close();
+    }
+  });
+
   test('views stay stable while new changes are applied underneath', async () => {
     const d = dir();
     const gen = new ChangeGenerator({ disks: DISKS, seed: 4, markerRate: 0 });

@@ -131,6 +131,17 @@ export class ReplicaStore implements ChangeSink {
   private processorError: Error | undefined;
   private closed = false;
   private directBatches = 0;
+  /** Highest seq written straight into the base (direct apply); ahead of `state.appliedSeq` until committed. */
+  private stagedSeq: number;
+  /** The resync bracket as of `stagedSeq`. */
+  private stagedResyncSeq: number | undefined;
+  /** Bases written by staged batches since the last commit took its snapshot. */
+  private readonly stagedBases = new Set<FileBackend>();
+  private readonly commitWaiters: Array<{ seq: number; resolve: () => void; reject: (e: Error) => void }> =
+    [];
+  private committing: Promise<void> | null = null;
+  /** A failed flush or state write of staged batches: the store takes nothing more (reopen it). */
+  private commitFailure: Error | undefined;
 
   private constructor(
     dir: string,
@@ -155,6 +166,8 @@ export class ReplicaStore implements ChangeSink {
     };
     this.state = state;
     this.appliedInMemory = state.appliedSeq;
+    this.stagedSeq = state.appliedSeq;
+    this.stagedResyncSeq = state.resyncSeq;
     for (const d of disks) this.disks.set(d.spec.id, d);
     this.pending = pending;
     this.undo = undo;
@@ -243,12 +256,25 @@ export class ReplicaStore implements ChangeSink {
    * stream) — and name known disks and ranges (`INVALID_CHANGE`).
    * Nothing of a refused batch is kept.
    */
-  receive(changes: readonly Change[]): Promise<void> {
+  async receive(changes: readonly Change[]): Promise<void> {
+    const { durable } = await this.stage(changes);
+    await durable;
+  }
+
+  /**
+   * `receive` in two steps (the pipelined `ChangeSink.stage`): resolves once the changes are taken, with
+   * `durable`, which resolves once they are on stable storage. Before the first point a batch is written straight
+   * into the base (`directApply`) and many such batches share one base flush and one state write (group commit),
+   * made while the next batches are already being taken; otherwise a batch is appended to the pending log and is
+   * durable when this resolves.
+   */
+  stage(changes: readonly Change[]): Promise<{ readonly durable: Promise<void> }> {
     return this.receiveLock.run(async () => {
       this.assertOpen();
       if (this.state.committed)
         throw new ReplicaError('COMMITTED', 'the replica was committed; it no longer receives');
-      let expect = this.pending.lastReceivedSeq() + 1;
+      if (this.commitFailure) throw this.commitFailure;
+      let expect = this.receivedSeq() + 1;
       const fresh: Change[] = [];
       for (const c of changes) {
         if (c.seq < expect && fresh.length === 0) continue;
@@ -262,23 +288,34 @@ export class ReplicaStore implements ChangeSink {
         fresh.push(c);
         expect++;
       }
-      if (fresh.length === 0) return;
-      if (this.opts.directApply && (await this.applyDirect(fresh))) return;
+      if (fresh.length === 0) return { durable: Promise.resolve() };
+      if (this.opts.directApply && (await this.stageDirect(fresh))) {
+        return { durable: this.commitStaged(fresh[fresh.length - 1]!.seq) };
+      }
+      // Whatever goes through the pending log comes after staged batches are durable: the processor's state
+      // writes must never claim a staged batch whose base bytes were not flushed.
+      await this.settleStaged();
       await this.pending.append(fresh);
       this.processor?.wake();
+      return { durable: Promise.resolve() };
     });
+  }
+
+  /** Highest seq taken, durable or staged. */
+  private receivedSeq(): number {
+    return Math.max(this.pending.lastReceivedSeq(), this.stagedSeq);
   }
 
   /**
    * Before the first recovery point (initial replication) nothing can ever be rolled back to, so a batch that
-   * finds nothing pending is written straight into the base: no pending record, no undo record, one base
-   * `fdatasync` and one state write per batch, all before `receive` resolves (the acknowledgement still means
-   * durable). Markers go the usual way and end this for good: from the first point on every change is undoable.
-   * A crash between the base writes and the state write replays the batch from the sender (the state still names
-   * the older seq): writes replayed in order over a base holding some of them end in the same bytes. Returns
-   * false, touching nothing, when the batch must go through the pending log.
+   * finds nothing pending is written straight into the base: no pending record, no undo record; a group commit
+   * (`commitStaged`) then flushes the base and writes the state for every batch staged so far, and only that
+   * makes them durable (acknowledged). Markers go the usual way and end this for good: from the first point on
+   * every change is undoable. A crash before the commit replays the batches from the sender (the state still
+   * names the older seq): writes replayed in order over a base holding some of them end in the same bytes.
+   * Returns false, touching nothing, when the batch must go through the pending log.
    */
-  private applyDirect(changes: readonly Change[]): Promise<boolean> {
+  private stageDirect(changes: readonly Change[]): Promise<boolean> {
     if (changes.some((c) => c.kind === 'marker')) return Promise.resolve(false);
     return this.processLock.run(async () => {
       this.assertOpen();
@@ -286,12 +323,12 @@ export class ReplicaStore implements ChangeSink {
         this.state.committed ||
         this.undo.points().length > 0 ||
         this.undo.lastChangeSeq() > 0 ||
-        this.appliedInMemory !== this.pending.lastReceivedSeq() ||
+        this.appliedInMemory !== this.receivedSeq() ||
         this.pending.pending().length > 0
       ) {
         return false;
       }
-      let resyncSeq = this.state.resyncSeq;
+      let resyncSeq = this.stagedSeq > this.state.appliedSeq ? this.stagedResyncSeq : this.state.resyncSeq;
       const touched = new Set<FileBackend>();
       let lastTime: number | undefined;
       for (const c of changes) {
@@ -309,25 +346,65 @@ export class ReplicaStore implements ChangeSink {
         touched.add(disk.base);
         lastTime = c.time;
       }
-      for (const b of touched) await b.flush();
       const last = changes[changes.length - 1]!.seq;
-      const { resyncSeq: _old, ...rest } = this.state;
-      const next: ReplicaState = {
-        ...rest,
-        ...(resyncSeq === undefined ? {} : { resyncSeq }),
-        appliedSeq: last,
-        undoEnd: this.undo.end(),
-      };
-      // Nothing changes in memory unless the state is durable: a failed write leaves the batch to be resent.
-      await writeStateAsync(path.join(this.dir, STATE_FILE), next);
-      this.state = next;
+      // Together, after the writes: a commit snapshots the seq and the bases to flush at one moment.
+      this.stagedSeq = last;
+      this.stagedResyncSeq = resyncSeq;
+      for (const b of touched) this.stagedBases.add(b);
       this.appliedInMemory = last;
       if (lastTime !== undefined) this.lastAppliedTime = lastTime;
       this.undo.applied(last);
-      this.pending.skipTo(last);
       this.directBatches++;
       return true;
     });
+  }
+
+  /** Resolves once a commit covering staged seq `seq` is durable; one commit runs at a time and covers all. */
+  private commitStaged(seq: number): Promise<void> {
+    if (this.commitFailure) return Promise.reject(this.commitFailure);
+    const done = new Promise<void>((resolve, reject) => this.commitWaiters.push({ seq, resolve, reject }));
+    this.committing ??= this.runCommits().finally(() => {
+      this.committing = null;
+    });
+    return done;
+  }
+
+  private async runCommits(): Promise<void> {
+    while (this.commitWaiters.length > 0) {
+      const upto = this.stagedSeq;
+      const resyncSeq = this.stagedResyncSeq;
+      const bases = [...this.stagedBases];
+      this.stagedBases.clear();
+      try {
+        // The bases first: the state may say a batch is applied only once its bytes are on stable storage.
+        for (const b of bases) await b.flush();
+        await this.processLock.run(async () => {
+          const { resyncSeq: _old, ...rest } = this.state;
+          const next: ReplicaState = {
+            ...rest,
+            ...(resyncSeq === undefined ? {} : { resyncSeq }),
+            appliedSeq: upto,
+            undoEnd: this.undo.end(),
+          };
+          await writeStateAsync(path.join(this.dir, STATE_FILE), next);
+          this.state = next;
+          this.pending.skipTo(upto);
+        });
+      } catch (err) {
+        this.commitFailure = err instanceof Error ? err : new Error(String(err));
+        for (const w of this.commitWaiters.splice(0)) w.reject(this.commitFailure);
+        return;
+      }
+      let n = 0;
+      while (n < this.commitWaiters.length && this.commitWaiters[n]!.seq <= upto) n++;
+      for (const w of this.commitWaiters.splice(0, n)) w.resolve();
+    }
+  }
+
+  /** Resolves once every staged batch is durable; rejects with the failure when a commit failed. */
+  private async settleStaged(): Promise<void> {
+    while (this.committing) await this.committing;
+    if (this.commitFailure) throw this.commitFailure;
   }
 
   /**
@@ -444,6 +521,7 @@ export class ReplicaStore implements ChangeSink {
    * When the newest point already holds exactly that (and has the asked type) it is returned instead.
    */
   async cutLatest(type: MarkerType = 'crash-consistent'): Promise<RecoveryPointInfo> {
+    await this.settleStaged();
     const upto = this.lastReceivedSeq();
     await this.process({ uptoSeq: upto });
     return this.processLock.run(async () => {
@@ -477,7 +555,8 @@ export class ReplicaStore implements ChangeSink {
    * Drops points older than `retentionMs` before `now` (R-POL-2) and the undo records only they needed. The
    * newest point is always kept, and so is every point a view or overlay is open on (and every newer one).
    */
-  prune(now: Date, retentionMs: number): Promise<void> {
+  async prune(now: Date, retentionMs: number): Promise<void> {
+    await this.settleStaged();
     return this.processLock.run(() => {
       this.assertOpen();
       const cutoff = now.getTime() - retentionMs;
@@ -576,6 +655,7 @@ export class ReplicaStore implements ChangeSink {
       seen.add(o.diskId);
     }
     await this.stopProcessor();
+    await this.settleStaged();
     // Both locks: no batch is being received into the pending log that commit discards.
     await this.receiveLock.run(() => this.commitLocked(overlays, pointId));
     for (const o of overlays) await o.destroy();
@@ -628,6 +708,9 @@ export class ReplicaStore implements ChangeSink {
     if (this.processorError !== undefined) {
       health = 'Critical';
       reason = `The processor stopped: ${this.processorError.message}`;
+    } else if (this.commitFailure !== undefined) {
+      health = 'Critical';
+      reason = `Received changes could not be made durable: ${this.commitFailure.message}`;
     } else if (this.state.committed) {
       reason = 'Failover committed; this replica no longer replicates.';
     } else if (this.state.resyncSeq !== undefined) {
@@ -674,6 +757,8 @@ export class ReplicaStore implements ChangeSink {
     } catch (err) {
       stopError = err instanceof Error ? err : new Error(String(err));
     }
+    // A commit under way covers every staged batch: wait for it before the files close.
+    while (this.committing) await this.committing;
     await this.processLock.run(async () => {
       this.closed = true;
       for (const v of [...this.openViews]) await v.close();

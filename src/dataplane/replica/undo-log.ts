@@ -99,6 +99,8 @@ export class UndoLog {
   private deferred: RecoveryPointInfo[] = [];
   private floor: number;
   private maxChangeSeq = 0;
+  /** Last seq known to be in the base (`applied`): a point saved later stays deferred until its changes are. */
+  private appliedSeq = 0;
 
   private constructor(dir: string, segmentBytes: number, floorSeq: number, diskIds: readonly string[]) {
     this.dir = dir;
@@ -111,6 +113,7 @@ export class UndoLog {
   static open(dir: string, options: UndoLogOpenOptions): UndoLog {
     fs.mkdirSync(dir, { recursive: true });
     const log = new UndoLog(dir, options.segmentBytes, options.floorSeq, options.diskIds);
+    log.appliedSeq = options.appliedSeq;
     try {
       log.load(options);
     } catch (err) {
@@ -164,15 +167,20 @@ export class UndoLog {
     for (const seg of this.segments) fs.fdatasyncSync(seg.fd);
   }
 
-  private index(r: RecordFields, fd: number, pos: number, appliedSeq: number): void {
-    if (r.seq > appliedSeq) {
+  /**
+   * Files a record. `redoAbove`: records of changes above it are remembered as already saved (a redo after a
+   * crash must not save them again); a point becomes visible only once every change before it is applied.
+   */
+  private index(r: RecordFields, fd: number, pos: number, redoAbove: number): void {
+    if (r.seq > redoAbove) {
       if (r.kind === RecordKind.POINT) this.redoPoints.add(r.id);
       else if ((r.flags & FLAG_LAST) !== 0) this.redo.add(r.seq);
     }
     if (r.seq < this.floor) return;
     if (r.kind === RecordKind.POINT) {
-      // A point becomes visible only once every change before it is in the base (see `applied`).
-      const list = r.seq - 1 <= appliedSeq ? this.pointList : this.deferred;
+      // A point becomes visible only once every change before it is in the base (see `applied`): the processor
+      // saves a batch's POINT record before it writes the batch's earlier changes into the base.
+      const list = r.seq - 1 <= this.appliedSeq ? this.pointList : this.deferred;
       list.push({
         id: r.id,
         seq: r.seq,
@@ -211,6 +219,7 @@ export class UndoLog {
    * it): points up to `seq` become visible and redo knowledge up to `seq` is forgotten.
    */
   applied(seq: number): void {
+    this.appliedSeq = Math.max(this.appliedSeq, seq);
     for (const s of this.redo) if (s <= seq) this.redo.delete(s);
     if (this.redo.size === 0 && this.deferred.length === 0) this.redoPoints.clear();
     // A point with seq s holds the changes before s: it is complete once s - 1 is applied.

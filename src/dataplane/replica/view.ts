@@ -44,23 +44,19 @@ export class ReplicaView implements BlockBackend {
     const idx = this.source.index;
     const first = idx.resolve(this.pointSeq - 1, offset, length);
     const version = idx.version;
-    const holes = first.holes;
-    if (holes.length > 1) {
-      // One base read over the span of the holes instead of one per hole: the bytes between them are overwritten
-      // by the undo fills below, and one large read costs less than several small ones.
-      const a = holes[0]![0];
-      const b = holes[holes.length - 1]![1];
-      await this.source.readBase(a, b - a, buf.subarray(a - offset, b - offset));
-    } else if (holes.length === 1) {
-      const [a, b] = holes[0]!;
-      await this.source.readBase(a, b - a, buf.subarray(a - offset, b - offset));
-    }
+    // The holes (base) and the undo pieces cover disjoint parts of `buf`: all are read at once, so a read costs
+    // the slowest piece, not a base read followed by the undo reads.
+    await Promise.all([
+      ...first.holes.map(([a, b]) => this.source.readBase(a, b - a, buf.subarray(a - offset, b - offset))),
+      fillFromUndo(buf, offset, first),
+    ]);
     // Entries indexed while the base was read may cover bytes the base read already saw overwritten: re-resolve
-    // the holes. An entry indexed after this synchronous check belongs to a base write that starts after it.
-    const again: Resolution[] =
-      idx.version === version ? [] : first.holes.map(([a, b]) => idx.resolve(this.pointSeq - 1, a, b - a));
-    await fillFromUndo(buf, offset, first);
-    for (const r of again) await fillFromUndo(buf, offset, r);
+    // the holes and fill them from those entries (after the base bytes, so the undo bytes win). An entry indexed
+    // after this synchronous check belongs to a base write that starts after it.
+    if (idx.version !== version) {
+      for (const [a, b] of first.holes)
+        await fillFromUndo(buf, offset, idx.resolve(this.pointSeq - 1, a, b - a));
+    }
     return buf;
   }
 

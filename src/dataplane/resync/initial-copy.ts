@@ -19,9 +19,17 @@ export interface InitialCopyOptions {
   readonly depth?: number;
   /**
    * The copy pauses while the journal holds more than this many bytes (the link drains it), so a copy never
-   * pushes the journal into overflow. Default a quarter of the journal's cap, at most 256 MiB.
+   * pushes the journal into overflow — streamed: while this many bytes of blocks are not yet acknowledged.
+   * Default a quarter of the journal's cap, at most 256 MiB.
    */
   readonly maxJournalBytes?: number;
+  /**
+   * Streams the copy (the link's `ReplicationSender.waitForAck`): the journal gets a small record per block and
+   * the sender reads the block from the disk when it reaches it (`WriteJournal.appendStreamed`), so the bytes are
+   * neither written to the journal nor read back from it. The copy then resolves only once the recovery site
+   * acknowledged every block. Without it (or offline) every block's bytes go through the journal.
+   */
+  readonly waitForAck?: (seq: number) => Promise<void>;
   /** Start at this time instead of now (R-POL-6 "scheduled"). */
   readonly startAt?: Date;
   /**
@@ -61,6 +69,11 @@ export async function runInitialCopy(options: InitialCopyOptions): Promise<CopyR
   const { journal, signal } = options;
   const chunk = options.chunkBytes ?? 1024 * 1024;
   const maxJournal = options.maxJournalBytes ?? defaultJournalWindow(journal);
+  const waitForAck = options.offline ? undefined : options.waitForAck;
+  // Set before any wait: blocks of an earlier, interrupted streamed copy may still be in the journal.
+  if (waitForAck) {
+    for (const d of options.disks) journal.setBlockSource(d.id, (o, l) => d.backend.readApplied(o, l));
+  }
   if (options.startAt) {
     const wait = options.startAt.getTime() - Date.now();
     if (wait > 0) await delay(wait, undefined, { signal });
@@ -76,13 +89,10 @@ export async function runInitialCopy(options: InitialCopyOptions): Promise<CopyR
       }
     }
   }
+  if (waitForAck) return streamCopy(options, waitForAck, plan, totalBytes, maxJournal);
   let copiedBytes = 0;
   let lastSeq = journal.lastSeq;
-  const progress = (): CopyProgress => ({
-    totalBytes,
-    copiedBytes,
-    percent: totalBytes === 0 ? 100 : Math.min(100, (copiedBytes / totalBytes) * 100),
-  });
+  const progress = (): CopyProgress => progressOf(totalBytes, copiedBytes);
   // Up to `depth` blocks are read and stored at once (the journal writes them in seq order whatever order the
   // reads finish in), so reading the image overlaps writing the journal.
   // The seed file takes its records in seq order: an offline copy goes one block at a time.
@@ -142,6 +152,64 @@ export async function runInitialCopy(options: InitialCopyOptions): Promise<CopyR
   // The copy is only complete once its records cannot vanish in a crash.
   await journal.flush();
   return { ...progress(), lastSeq, blocks: plan.length };
+}
+
+function progressOf(totalBytes: number, copiedBytes: number): CopyProgress {
+  return {
+    totalBytes,
+    copiedBytes,
+    percent: totalBytes === 0 ? 100 : Math.min(100, (copiedBytes / totalBytes) * 100),
+  };
+}
+
+/**
+ * The streamed copy: a resync bracket around one streamed record per block, at most `window` bytes of them not
+ * yet acknowledged; progress counts acknowledged blocks. The bracket ends only after the last block was
+ * acknowledged — a block is never read again after that, so no byte newer than the end can be in one.
+ */
+async function streamCopy(
+  options: InitialCopyOptions,
+  waitForAck: (seq: number) => Promise<void>,
+  plan: ReadonlyArray<{ disk: CopyDisk; offset: number; length: number }>,
+  totalBytes: number,
+  window: number,
+): Promise<CopyResult> {
+  const { journal, signal } = options;
+  let copiedBytes = 0;
+  const unacked: Array<{ seq: number; length: number }> = [];
+  let unackedBytes = 0;
+  const settleOldest = async (): Promise<void> => {
+    const head = unacked.shift()!;
+    await waitForAck(head.seq);
+    unackedBytes -= head.length;
+    copiedBytes += head.length;
+    options.onProgress?.(progressOf(totalBytes, copiedBytes));
+  };
+  journal.beginStreamedCopy();
+  let lastSeq = journal.lastSeq;
+  try {
+    for (const step of plan) {
+      signal?.throwIfAborted();
+      if (unackedBytes + step.length > window && unacked.length > 0) {
+        // Durable before waiting: a source that crashes meanwhile still has the blocks the link is working on.
+        await journal.flush();
+        while (unackedBytes + step.length > window && unacked.length > 0) await settleOldest();
+      }
+      lastSeq = journal.appendStreamed(step.disk.id, step.offset, step.length);
+      unacked.push({ seq: lastSeq, length: step.length });
+      unackedBytes += step.length;
+    }
+    await journal.flush();
+    while (unacked.length > 0) {
+      signal?.throwIfAborted();
+      await settleOldest();
+    }
+  } catch (err) {
+    journal.abandonStreamedCopy();
+    throw err;
+  }
+  lastSeq = (await journal.endStreamedCopy()) ?? lastSeq;
+  return { ...progressOf(totalBytes, copiedBytes), lastSeq, blocks: plan.length };
 }
 
 /** The ranges of a disk that may hold data (its block status, skipping holes and known zeros). */

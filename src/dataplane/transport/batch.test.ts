@@ -3,8 +3,15 @@ import { test } from 'node:test';
 import { mulberry32, randomBytes } from '../../../test/dataplane/source-support.js';
 import type { JournalEntry } from '../journal/record.js';
 import { decodeBatch, encodeBatch } from './batch.js';
+import type { EncodedBatch } from './batch.js';
 import { encodeFrame, FrameDecoder, FrameError, FrameType } from './frame.js';
 import { TokenBucket } from './token-bucket.js';
+
+function payloadOf(b: EncodedBatch): Buffer {
+  const payload = Buffer.concat(b.parts);
+  assert.equal(payload.length, b.length);
+  return payload;
+}
 
 function sample(): JournalEntry[] {
   const rnd = mulberry32(3);
@@ -27,7 +34,7 @@ test('a batch round-trips with and without compression; aligned zero blocks trav
     const entries = sample();
     const b = await encodeBatch(entries, compress);
     assert.equal(b.zeroBytes, 8192 + 65536, 'only whole aligned zero blocks count');
-    const back = await decodeBatch(b.payload, b.flags);
+    const back = await decodeBatch(payloadOf(b), b.flags);
     assert.equal(back.length, entries.length);
     // The all-zero write becomes a zero change; the rest come back as they were.
     assert.deepEqual(back[1], {
@@ -43,17 +50,17 @@ test('a batch round-trips with and without compression; aligned zero blocks trav
       entries.filter((_, i) => i !== 1),
     );
     if (compress)
-      assert.ok(b.payload.length < b.rawBytes / 2, `compressed ${b.rawBytes} → ${b.payload.length}`);
-    else assert.ok(b.payload.length < b.rawBytes - 70_000, 'zero runs are not sent');
+      assert.ok(payloadOf(b).length < b.rawBytes / 2, `compressed ${b.rawBytes} → ${payloadOf(b).length}`);
+    else assert.ok(payloadOf(b).length < b.rawBytes - 70_000, 'zero runs are not sent');
   }
 });
 
 test('malformed batches are refused with FrameError', async () => {
   const b = await encodeBatch(sample(), false);
-  await assert.rejects(decodeBatch(b.payload.subarray(0, b.payload.length - 3), 0), FrameError);
-  await assert.rejects(decodeBatch(Buffer.concat([b.payload, Buffer.from([1])]), 0), FrameError);
+  await assert.rejects(decodeBatch(payloadOf(b).subarray(0, payloadOf(b).length - 3), 0), FrameError);
+  await assert.rejects(decodeBatch(Buffer.concat([payloadOf(b), Buffer.from([1])]), 0), FrameError);
   const c = await encodeBatch(sample(), true);
-  const bad = Buffer.from(c.payload);
+  const bad = Buffer.from(payloadOf(c));
   bad.writeUInt32LE(bad.readUInt32LE(0) + 1, 0);
   await assert.rejects(decodeBatch(bad, c.flags), FrameError);
   await assert.rejects(decodeBatch(Buffer.from([1, 2, 3, 4, 5, 6, 7, 8]), c.flags), FrameError);
@@ -129,12 +136,12 @@ test('a batch of incompressible data is sent uncompressed; a compressible one st
   }
   const r = await encodeBatch(random, true);
   assert.equal(r.flags, 0, 'random data is not compressed');
-  assert.ok(r.payload.length >= r.rawBytes - 64, 'and not expanded either');
-  assert.deepEqual(await decodeBatch(r.payload, r.flags), random);
+  assert.ok(payloadOf(r).length >= r.rawBytes - 64, 'and not expanded either');
+  assert.deepEqual(await decodeBatch(payloadOf(r), r.flags), random);
   const t = await encodeBatch(text, true);
   assert.notEqual(t.flags, 0, 'compressible data is compressed');
-  assert.ok(t.payload.length < t.rawBytes / 2);
-  assert.deepEqual(await decodeBatch(t.payload, t.flags), text);
+  assert.ok(payloadOf(t).length < t.rawBytes / 2);
+  assert.deepEqual(await decodeBatch(payloadOf(t), t.flags), text);
   // Random data with a compressible stretch in the middle is sampled there too.
   const mixed = [...random.slice(0, 3), ...text.slice(3, 6).map((e) => e), ...random.slice(6)];
   const m = await encodeBatch(mixed, true);

@@ -18,9 +18,15 @@ const K_MARKER = 3;
 const K_OFFLINE = 4;
 const K_RESYNC = 5;
 
-/** What encoding a batch did, for the status figures. */
+/** An encoded batch and what encoding did, for the status figures. */
 export interface EncodedBatch {
-  readonly payload: Buffer;
+  /**
+   * The payload in pieces, in order: headers and views of the entries' data (not copied), or the compressed
+   * body. Write them as they are (`encodeFrameParts`); the data views must not change until they are written.
+   */
+  readonly parts: readonly Buffer[];
+  /** Bytes of the payload (sum of `parts`). */
+  readonly length: number;
   readonly flags: number;
   /** Bytes of change data and metadata before zero detection and compression. */
   readonly rawBytes: number;
@@ -39,6 +45,7 @@ export interface EncodedBatch {
  * A write that is all zero blocks is sent as a zero change. With `compress` the body is brotli quality 1 and
  * the payload is u32 raw length + the brotli stream — unless samples of the body show it does not compress
  * (`worthCompressing`): then it is sent as it is (flags 0), which the receiver handles like any uncompressed batch.
+ * An uncompressed body is never gathered into one buffer: its parts are written to the link one after another.
  */
 export async function encodeBatch(
   entries: readonly JournalEntry[],
@@ -113,8 +120,9 @@ export async function encodeBatch(
       at += r.length;
     }
   }
-  const body = Buffer.concat(parts);
-  if (!compress || !worthCompressing(body)) return { payload: body, flags: 0, rawBytes, zeroBytes };
+  const length = parts.reduce((n, b) => n + b.length, 0);
+  if (!compress || !worthCompressing(parts, length)) return { parts, length, flags: 0, rawBytes, zeroBytes };
+  const body = Buffer.concat(parts, length);
   const packed = await brotliCompress(body, {
     params: {
       [zlib.constants.BROTLI_PARAM_QUALITY]: 1,
@@ -123,38 +131,78 @@ export async function encodeBatch(
   });
   const len = Buffer.allocUnsafe(4);
   len.writeUInt32LE(body.length, 0);
-  return { payload: Buffer.concat([len, packed]), flags: FLAG_BROTLI, rawBytes, zeroBytes };
+  return { parts: [len, packed], length: 4 + packed.length, flags: FLAG_BROTLI, rawBytes, zeroBytes };
 }
 
-/** Bytes of each sample `worthCompressing` compresses. */
-const PROBE_SAMPLE = 16 * 1024;
+/** Bytes of each sample `worthCompressing` looks at. */
+const PROBE_SAMPLE = 4096;
 /** Samples per batch. */
 const PROBE_SAMPLES = 4;
-/** A batch is sent uncompressed when its samples do not shrink below this fraction. */
-const PROBE_MAX_RATIO = 0.9;
+/** A batch is compressed when its samples promise to save at least this fraction. */
+const PROBE_MIN_SAVING = 0.1;
+const LOG2 = new Float64Array(PROBE_SAMPLE + 1).map((_, i) => (i > 0 ? Math.log2(i) : 0));
+const probeCounts = new Uint32Array(256);
+const probeTable = new Int32Array(4096);
 
 /**
- * Whether brotli is worth running on `body`: a few samples spread over it are compressed (quality 1, synchronous,
- * about 1 ms in all); when they do not shrink by at least 10 % the batch is sent as it is. Encrypted, already
- * compressed or random data (an initial copy of such a disk) then costs no compression time on either side.
- * Small bodies are always compressed.
+ * Whether brotli is worth running on a body (given as `parts` of `length` bytes): a few samples spread over it
+ * are scored, and unless they promise to save 10 % the batch is sent as it is. Encrypted, already compressed or
+ * random data (an initial copy of such a disk) then costs no compression time on either side. Small bodies are
+ * always compressed.
+ *
+ * The score of a sample is the larger of its order-0 entropy saving (`1 - H/8`) and the fraction of its 4-byte
+ * sequences seen earlier in it (what LZ matching finds): on disk data, text, code and random bytes it lands
+ * within a few points of brotli quality 1's own saving, at about 8 µs per 4 KiB sample — where compressing the
+ * samples themselves cost about 0.2 ms each (the encoder's set-up), which for 1 MiB batches was about 0.8 s of
+ * CPU per GiB sent.
  */
-export function worthCompressing(body: Buffer): boolean {
-  if (body.length <= PROBE_SAMPLE * PROBE_SAMPLES) return true;
-  let sampled = 0;
-  let packed = 0;
+export function worthCompressing(parts: readonly Buffer[], length: number): boolean {
+  if (length <= PROBE_SAMPLE * PROBE_SAMPLES) return true;
+  let saved = 0;
   for (let i = 0; i < PROBE_SAMPLES; i++) {
-    const at = Math.floor(((body.length - PROBE_SAMPLE) * i) / (PROBE_SAMPLES - 1));
-    const sample = body.subarray(at, at + PROBE_SAMPLE);
-    sampled += sample.length;
-    packed += zlib.brotliCompressSync(sample, {
-      params: {
-        [zlib.constants.BROTLI_PARAM_QUALITY]: 1,
-        [zlib.constants.BROTLI_PARAM_SIZE_HINT]: sample.length,
-      },
-    }).length;
+    const at = Math.floor(((length - PROBE_SAMPLE) * i) / (PROBE_SAMPLES - 1));
+    saved += sampleSaving(sliceOf(parts, at, PROBE_SAMPLE));
   }
-  return packed < sampled * PROBE_MAX_RATIO;
+  return saved >= PROBE_SAMPLES * PROBE_MIN_SAVING;
+}
+
+/** Estimated fraction of `s` that brotli would save (see `worthCompressing`). */
+function sampleSaving(s: Buffer): number {
+  probeCounts.fill(0);
+  probeTable.fill(0);
+  let repeats = 0;
+  let word = 0;
+  for (let i = 0; i < s.length; i++) {
+    const b = s[i]!;
+    probeCounts[b]!++;
+    word = (word << 8) | b | 0;
+    if (i < 3) continue;
+    const h = Math.imul(word, 0x9e3779b1) >>> 20;
+    if (probeTable[h] === word) repeats++;
+    else probeTable[h] = word;
+  }
+  const n = s.length;
+  let bits = 0;
+  for (let k = 0; k < 256; k++) {
+    const c = probeCounts[k]!;
+    if (c > 0) bits -= c * (LOG2[c]! - LOG2[n]!);
+  }
+  return Math.max(1 - bits / n / 8, repeats / n);
+}
+
+/** `n` bytes at `at` of the concatenation of `parts` (a view when they lie in one part). */
+function sliceOf(parts: readonly Buffer[], at: number, n: number): Buffer {
+  let pos = 0;
+  let i = 0;
+  while (pos + parts[i]!.length <= at) pos += parts[i++]!.length;
+  const first = parts[i]!;
+  if (at - pos + n <= first.length) return first.subarray(at - pos, at - pos + n);
+  const out = Buffer.allocUnsafe(n);
+  let done = 0;
+  for (let off = at - pos; done < n; i++, off = 0) {
+    done += parts[i]!.copy(out, done, off, Math.min(parts[i]!.length, off + n - done));
+  }
+  return out;
 }
 
 /**
@@ -276,7 +324,9 @@ function zeroRuns(offset: number, data: Buffer): Array<{ zero: boolean; length: 
     const next = Math.min(data.length, pos + (ZERO_BLOCK - ((offset + pos) % ZERO_BLOCK)));
     const n = next - pos;
     // Only whole aligned blocks count as zero blocks; ragged edges are sent as data.
-    const zero = n === ZERO_BLOCK && data.subarray(pos, next).equals(ZEROS);
+    // The first and last bytes settle most data blocks without a call into compare.
+    const zero =
+      n === ZERO_BLOCK && data[pos] === 0 && data[next - 1] === 0 && ZEROS.compare(data, pos, next) === 0;
     const last = runs[runs.length - 1];
     if (last && last.zero === zero) last.length += n;
     else runs.push({ zero, length: n });

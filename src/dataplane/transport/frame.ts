@@ -61,15 +61,26 @@ export class FrameError extends Error {
 
 /** Encodes one frame. */
 export function encodeFrame(type: FrameType, payload: Buffer = Buffer.alloc(0), flags = 0): Buffer {
-  if (payload.length > MAX_FRAME_PAYLOAD) throw new RangeError(`frame payload of ${payload.length} bytes`);
+  return Buffer.concat(encodeFrameParts(type, [payload], flags));
+}
+
+/**
+ * Encodes one frame without copying its payload: the header (its crc covering every part), then the parts as
+ * given. Write them in order with nothing between (e.g. corked); a big batch is never gathered into one buffer.
+ */
+export function encodeFrameParts(type: FrameType, parts: readonly Buffer[], flags = 0): Buffer[] {
+  const length = parts.reduce((n, p) => n + p.length, 0);
+  if (length > MAX_FRAME_PAYLOAD) throw new RangeError(`frame payload of ${length} bytes`);
   const head = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
   head.writeUInt32LE(FRAME_MAGIC, 0);
   head.writeUInt8(PROTOCOL_VERSION, 4);
   head.writeUInt8(type, 5);
   head.writeUInt16LE(flags, 6);
-  head.writeUInt32LE(payload.length, 8);
-  head.writeUInt32LE(crc32(payload, crc32(head.subarray(0, 12))) >>> 0, 12);
-  return Buffer.concat([head, payload]);
+  head.writeUInt32LE(length, 8);
+  let crc = crc32(head.subarray(0, 12));
+  for (const p of parts) crc = crc32(p, crc);
+  head.writeUInt32LE(crc >>> 0, 12);
+  return [head, ...parts];
 }
 
 /** JSON payload helpers for HELLO/ERROR. */

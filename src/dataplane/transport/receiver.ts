@@ -150,8 +150,11 @@ export class ReplicationReceiver {
     let groupId: string | null = null;
     let group: GroupState | null = null;
     let last = 0;
-    // Frames are handled strictly one after another: a batch is acknowledged before the next one is looked at.
+    // Frames are handled strictly one after another; with a pipelined sink (`stage`) a batch's acknowledgement
+    // waits for its durability on `acks` while the next batch is already handled, and acknowledgements leave in
+    // order.
     let chain: Promise<void> = Promise.resolve();
+    let acks: Promise<void> = Promise.resolve();
     let failed = false;
     const timeoutMs = this.o.peerTimeoutMs ?? 20_000;
     socket.setTimeout(timeoutMs, () =>
@@ -206,8 +209,9 @@ export class ReplicationReceiver {
         if (socket.destroyed) return;
         let release!: () => void;
         group.done = new Promise<void>((r) => (release = r));
-        // The group is free again only when this connection is gone *and* its last batch has settled.
-        socket.once('close', () => void chain.then(release));
+        // The group is free again only when this connection is gone *and* its last batch has settled and is
+        // durable: the next connection's resume position must not count a batch that may still be lost.
+        socket.once('close', () => void chain.then(() => acks.catch(() => undefined)).then(release));
         last = await sink.lastReceivedSeq();
         group.status.lastReceivedSeq = last;
         const proof =
@@ -234,9 +238,11 @@ export class ReplicationReceiver {
             )
               throw new FrameError('batch is not contiguous');
           }
+          let durable: Promise<void> | undefined;
           if (fresh.length > 0) {
             const changes = await this.resolveOffline(groupId, fresh);
-            await sink.receive(changes);
+            if (sink.stage) durable = (await sink.stage(changes)).durable;
+            else await sink.receive(changes);
             last = fresh[fresh.length - 1]!.seq;
           }
           group!.status.lastReceivedSeq = last;
@@ -245,8 +251,13 @@ export class ReplicationReceiver {
           group!.status.bytesWire += f.payload.length;
           const ack = Buffer.allocUnsafe(8);
           ack.writeBigUInt64LE(BigInt(last), 0);
-          // Only now — the sink has made the batch durable — may the sender free it.
-          if (!socket.destroyed) socket.write(encodeFrame(FrameType.ACK, ack));
+          // Only once the sink has made the batch (and every earlier one) durable may the sender free it.
+          acks = acks
+            .then(() => durable)
+            .then(() => {
+              if (!socket.destroyed) socket.write(encodeFrame(FrameType.ACK, ack));
+            });
+          acks.catch((err: unknown) => fail(err instanceof Error ? err : new Error(String(err))));
           return;
         }
         case FrameType.KEEPALIVE:

@@ -3,7 +3,16 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { JournalCorruptError, ResyncRequiredError } from '../journal/errors.js';
 import type { WriteJournal } from '../journal/journal.js';
 import { encodeBatch } from './batch.js';
-import { encodeFrame, FrameDecoder, FrameError, FrameType, jsonPayload, parseJson } from './frame.js';
+import {
+  encodeFrame,
+  encodeFrameParts,
+  FRAME_HEADER_SIZE,
+  FrameDecoder,
+  FrameError,
+  FrameType,
+  jsonPayload,
+  parseJson,
+} from './frame.js';
 import type { Frame } from './frame.js';
 import { LinkAuthError, certificateRefusal, tokenProof, tokenProofMatches } from './link-auth.js';
 import type { PeerAuth, TlsIdentity } from './link-auth.js';
@@ -357,9 +366,17 @@ export class ReplicationSender {
       this.wake();
     });
     socket.on('drain', () => this.wake());
-    const send = (type: FrameType, frame: Buffer): void => {
-      this.o.frameTap?.(type, frame);
-      socket.write(frame);
+    const send = (type: FrameType, frame: Buffer | readonly Buffer[]): void => {
+      let parts = Buffer.isBuffer(frame) ? [frame] : frame;
+      if (this.o.frameTap) {
+        const whole = Buffer.concat(parts);
+        this.o.frameTap(type, whole);
+        parts = [whole];
+      }
+      // One writev for the header and the batch's pieces (TLS encrypts them as they come, no gathering copy).
+      socket.cork();
+      for (const p of parts) socket.write(p);
+      socket.uncork();
       lastSent = this.clock();
     };
     this.inFlight = [];
@@ -452,15 +469,16 @@ export class ReplicationSender {
             const entries = await journal.read(next, this.o.batchBytes ?? 1024 * 1024);
             if (entries.length > 0) {
               const batch = await encodeBatch(entries, this.o.compress ?? true);
-              const frame = encodeFrame(FrameType.BATCH, batch.payload, batch.flags);
-              await this.bucket.take(frame.length, signal);
+              const frame = encodeFrameParts(FrameType.BATCH, batch.parts, batch.flags);
+              const frameBytes = FRAME_HEADER_SIZE + batch.length;
+              await this.bucket.take(frameBytes, signal);
               check();
               const last = entries[entries.length - 1]!.seq;
               send(FrameType.BATCH, frame);
               this.inFlight.push({ lastSeq: last, rawBytes: batch.rawBytes });
               this.inFlightBytes += batch.rawBytes;
               this.bytesRaw += batch.rawBytes;
-              this.bytesWire += frame.length;
+              this.bytesWire += frameBytes;
               this.bytesZero += batch.zeroBytes;
               this.sample();
               this.sent = last;

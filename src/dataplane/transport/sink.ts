@@ -15,6 +15,14 @@ export interface ChangeSink {
   /** Stores the changes durably (as pending). */
   receive(changes: Change[]): Promise<void>;
   /**
+   * Optional pipelined `receive`: resolves once the changes are taken in order — the receiver may then hand over
+   * the next batch — with `durable`, which resolves once they are durable (only then are they acknowledged).
+   * `durable` promises resolve in call order; a rejected one fails the connection (the sender resends). Lets a
+   * sink make many batches durable with one flush instead of one flush per batch. `lastReceivedSeq` must still
+   * answer the durable position once the promises of a finished connection settled.
+   */
+  stage?(changes: Change[]): Promise<{ readonly durable: Promise<void> }>;
+  /**
    * SHA-256 of each block `[offset, offset + blockSize)` (clipped to the disk) of the replica as of every change
    * received so far; used by resync and failback delta to send only differing blocks. Optional: without it
    * hash requests are refused.
