@@ -58,6 +58,11 @@ export const ERROR_CATALOG = {
     possibleCauses: 'A resource with that name already exists.',
     recommendedAction: 'Choose another name or use the existing resource.',
   },
+  AMBIGUOUS_NAME: {
+    kind: 'invalid',
+    possibleCauses: 'The name matches resources on more than one site.',
+    recommendedAction: 'Name it as SITE/NAME or by its id.',
+  },
   IN_USE: {
     kind: 'conflict',
     possibleCauses: 'Other resources still refer to this one.',

@@ -451,7 +451,11 @@ export function storeSuite(name: string, open: OpenStore): void {
           [m.id],
         );
         assert.equal((await s.machines.findInVault(v.id, other.id))?.siteId, r.id);
-        assert.ok(await s.machines.findInVault(v.id, 'web'));
+        await rejectsCode(s.machines.findInVault(v.id, 'web'), 'AMBIGUOUS_NAME');
+        assert.equal((await s.machines.findInVault(v.id, 'p/web'))?.id, m.id);
+        assert.equal((await s.machines.findInVault(v.id, 'r/web'))?.id, other.id);
+        assert.equal(await s.machines.findInVault(v.id, 'nosuchsite/web'), undefined);
+        assert.equal((await s.machines.findInVault(v.id, `r/${other.id}`))?.id, other.id);
         const v2 = await s.vaults.create({ name: 'v2' });
         assert.equal(await s.machines.findInVault(v2.id, other.id), undefined);
         await s.machines.delete(other.id);

@@ -131,8 +131,12 @@ export interface MachineListFilter extends ListOptions {
 
 export interface MachineRepository {
   find(siteId: string, idOrName: string): Promise<Machine | undefined>;
-  /** By id, or by name across the vault's sites (names are unique per site). */
-  findInVault(vaultId: string, idOrName: string): Promise<Machine | undefined>;
+  /**
+   * By id, by `SITE/NAME`, or by name across the vault's sites (names are unique per
+   * site). A bare name that matches machines on several sites is refused with
+   * AMBIGUOUS_NAME rather than picking one.
+   */
+  findInVault(vaultId: string, ref: string): Promise<Machine | undefined>;
   getById(id: string): Promise<Machine>;
   list(vaultId: string, filter?: MachineListFilter): Promise<Page<Machine>>;
   upsert(m: New<Machine>): Promise<Machine>;

@@ -297,6 +297,23 @@ for (const variant of harnessVariants()) {
           assert.equal((await h.call('GET', `${V}/sites/primary`)).status, 200);
         }),
       );
+
+      it(
+        'refuses to delete a site whose agent is connected, and deletes it once the agent is gone',
+        api(async (h) => {
+          const a = await registerAgent(h, 'p9');
+          const hb = await h.call('POST', '/api/v1/agent/heartbeat', { token: a.credential, body: {} });
+          assert.ok(hb.status < 300, JSON.stringify(at(hb, '')));
+          const r = await h.call('DELETE', `${V}/sites/p9`);
+          assert.equal(r.status, 409);
+          assert.equal(at(r, 'error.code'), 'IN_USE');
+          assert.match(atStr(r, 'error.message'), /connected agent/);
+          assert.equal((await h.call('GET', `${V}/sites/p9`)).status, 200);
+          h.clock.advance(HEARTBEAT_TIMEOUT_MS + 1);
+          assert.equal((await h.call('DELETE', `${V}/sites/p9`)).status, 204);
+          assert.equal((await h.call('GET', `${V}/sites/p9`)).status, 404);
+        }),
+      );
     });
 
     describe('registration keys and agents', () => {

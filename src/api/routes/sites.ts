@@ -6,7 +6,7 @@
 import { Type } from '@fastify/type-provider-typebox';
 import { OsrError, notFound } from '../../domain/errors.js';
 import type { Container, Site } from '../../domain/model.js';
-import { pageArray, paging, type ApiContext, type ApiInstance } from '../context.js';
+import { connectionOf, pageArray, paging, type ApiContext, type ApiInstance } from '../context.js';
 import { Name, PagingQuery, Ref, SiteKind, pageOf, ref } from '../schemas.js';
 
 const tags = ['sites'];
@@ -109,6 +109,14 @@ export function siteRoutes(app: ApiInstance, ctx: ApiContext): void {
       throw new OsrError('IN_USE', `site '${site.name}' is used by ${users.length} protected item(s)`, {
         details: { items: users },
       });
+    }
+    const agent = await ctx.store.agents.findBySite(site.id);
+    if (agent !== undefined && connectionOf(agent, ctx.clock.now(), ctx.heartbeatTimeoutMs) === 'Connected') {
+      throw new OsrError(
+        'IN_USE',
+        `site '${site.name}' has a connected agent (${agent.friendlyName}); stop the agent first, then delete the site once it shows Disconnected`,
+        { details: { agent: agent.id } },
+      );
     }
     await ctx.store.sites.delete(site.id);
     return reply.code(204).send();

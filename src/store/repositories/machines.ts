@@ -1,5 +1,5 @@
 /** Machines [protectable items] of a site: unique name per site. */
-import { notFound } from '../../domain/errors.js';
+import { notFound, OsrError } from '../../domain/errors.js';
 import type {
   GuestToolsState,
   HypervisorType,
@@ -81,17 +81,30 @@ export class KyselyMachineRepository implements MachineRepository {
     return r && toMachine(r);
   }
 
-  async findInVault(vaultId: string, idOrName: string): Promise<Machine | undefined> {
-    const rows = await this.ctx.db
+  async findInVault(vaultId: string, ref: string): Promise<Machine | undefined> {
+    const slash = ref.indexOf('/');
+    const siteName = slash < 0 ? undefined : ref.slice(0, slash);
+    const idOrName = slash < 0 ? ref : ref.slice(slash + 1);
+    let q = this.ctx.db
       .selectFrom('machines')
       .innerJoin('sites', 'sites.id', 'machines.site_id')
       .selectAll('machines')
+      .select('sites.name as site_name')
       .where('sites.vault_id', '=', vaultId)
-      .where((eb) => eb.or([eb('machines.id', '=', idOrName), eb('machines.name', '=', idOrName)]))
-      .orderBy('sites.name')
-      .execute();
-    const r = pickByIdOrName(rows, idOrName);
-    return r && toMachine(r);
+      .where((eb) => eb.or([eb('machines.id', '=', idOrName), eb('machines.name', '=', idOrName)]));
+    if (siteName !== undefined) q = q.where('sites.name', '=', siteName);
+    const rows = await q.orderBy('sites.name').execute();
+    const byId = rows.find((r) => r.id === idOrName);
+    if (byId !== undefined) return toMachine(byId);
+    if (rows.length > 1) {
+      const sites = rows.map((r) => r.site_name);
+      throw new OsrError(
+        'AMBIGUOUS_NAME',
+        `machine name '${idOrName}' matches machines on sites ${sites.join(', ')}; name it as SITE/NAME (e.g. ${sites[0]}/${idOrName}) or by id`,
+        { details: { kind: 'machine', name: idOrName, sites, ids: rows.map((r) => r.id) } },
+      );
+    }
+    return rows[0] && toMachine(rows[0]);
   }
 
   async getById(id: string): Promise<Machine> {
