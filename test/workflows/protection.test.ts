@@ -68,8 +68,18 @@ for (const dialect of dialects())
           (e: unknown) => e instanceof OsrError && e.code === 'NOT_FOUND',
         );
         await assert.rejects(
-          env.workflows.protect(env.vaultId, { machine: 'db', policy: 'nope', targetSite: 'recovery' }),
+          env.workflows.protect(env.vaultId, {
+            machine: 'primary/db',
+            policy: 'nope',
+            targetSite: 'recovery',
+          }),
           (e: unknown) => e instanceof OsrError && e.code === 'NOT_FOUND',
+        );
+        // 'db' is the name of a machine on both sites: a bare name does not pick one.
+        await assert.rejects(
+          env.workflows.protect(env.vaultId, { machine: 'db', policy: 'gold', targetSite: 'recovery' }),
+          (e: unknown) =>
+            e instanceof OsrError && e.code === 'AMBIGUOUS_NAME' && /primary\/db/.test(e.message),
         );
       } finally {
         await env.stop();
@@ -80,7 +90,7 @@ for (const dialect of dialects())
       const env = await setup(dir);
       try {
         const { job } = await env.workflows.protect(env.vaultId, {
-          machine: 'db',
+          machine: 'primary/db',
           policy: 'gold',
           targetSite: 'recovery',
         });

@@ -73,7 +73,7 @@ export function registerItemCommands(program: Command): void {
     program
       .command('protect')
       .description('enable replication of a machine (starts an Enable protection job)')
-      .argument('<machine>', 'machine id or name')
+      .argument('<machine>', 'machine id, SITE/NAME, or a name only one site has')
       .requiredOption('--policy <policy>', 'replication policy id or name')
       .requiredOption('--target-site <site>', 'recovery site id or name')
       .option('--target-container <container>', 'target container (default: from the policy association)')

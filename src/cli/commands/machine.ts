@@ -44,7 +44,7 @@ export function registerMachineCommands(program: Command): void {
   machine
     .command('show')
     .description('show a machine with its disks and NICs')
-    .argument('<machine>', 'machine id or name')
+    .argument('<machine>', 'machine id, SITE/NAME, or a name only one site has')
     .action(async (name: string, _opts: unknown, cmd: Command) => {
       const { client, out, vault } = contextOf(cmd);
       const m = await client.get<Machine>(vaultPath(vault, 'machines', name));
