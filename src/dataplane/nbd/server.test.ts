@@ -572,6 +572,33 @@ describe('NbdServer large READ replies', () => {
     }
   });
 
+  test('a large READ reply buffer is reused once the socket has written it, and later replies stay intact', async (t) => {
+    const inner = new MemoryBackend(64 * MiB);
+    const seen = new WeakSet<ArrayBufferLike>();
+    let reused = 0;
+    const recording: BlockBackend = Object.assign(Object.create(inner) as MemoryBackend, {
+      read: async (o: number, n: number, into?: Buffer) => {
+        if (into && n >= MiB) {
+          if (seen.has(into.buffer)) reused++;
+          seen.add(into.buffer);
+        }
+        return inner.read(o, n, into);
+      },
+    });
+    const server = new NbdServer({ exports: [{ name: 'disk', backend: recording }] });
+    const addr = await server.listen({ host: '127.0.0.1', port: 0 });
+    assert.ok(typeof addr !== 'string');
+    t.after(() => server.close());
+    const blocks = Array.from({ length: 16 }, () => crypto.randomBytes(MiB));
+    for (const [i, b] of blocks.entries()) await inner.write(i * MiB, b);
+    const c = await connect(t, { port: addr.port, exportName: 'disk' });
+    for (let round = 0; round < 3; round++) {
+      const got = await Promise.all(blocks.map((_, i) => c.read(i * MiB, MiB)));
+      got.forEach((g, i) => assert.ok(g.equals(blocks[i]!), `round ${round} block ${i}`));
+    }
+    assert.ok(reused > 0, 'READ reply buffers were never reused');
+  });
+
   for (const structured of [true, false]) {
     test(`pipelined large READ replies (${structured ? 'structured' : 'simple'}) carry exactly the bytes asked for`, async (t) => {
       const { opts, disk } = await serve(t);
