@@ -107,3 +107,21 @@ test('trim over whole granules makes them holes that read as zeros; partial trim
     await b.close();
   }
 });
+
+test('readSync returns the same bytes as read, zeros for holes, and refuses ranges past the end', async (t) => {
+  const b = await FileBackend.open(image(t));
+  const data = Buffer.alloc(3 * G);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7 + 3) & 0xff;
+  await b.write(G / 2, data);
+  for (const [offset, length] of [
+    [0, G],
+    [G / 2 + 11, 2 * G],
+    [5 * G, G],
+  ] as const) {
+    const sync = b.readSync(offset, length, Buffer.alloc(length, 0xee));
+    assert.ok(sync.equals(await b.read(offset, length)), `bytes at ${offset}+${length}`);
+  }
+  assert.ok(b.readSync(10 * G, G, Buffer.alloc(G, 0xee)).equals(Buffer.alloc(G)), 'a hole reads as zeros');
+  assert.throws(() => b.readSync(SIZE - 10, 20, Buffer.alloc(20)));
+  await b.close();
+});

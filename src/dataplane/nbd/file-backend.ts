@@ -139,6 +139,26 @@ export class FileBackend implements BlockBackend {
     return buf;
   }
 
+  /**
+   * `read` on the calling thread, for callers that read small ranges of recently written (page-cached) images
+   * and would pay more for the threadpool hop than for the copy.
+   */
+  readSync(offset: number, length: number, into: Buffer): Buffer {
+    this.assertRange(offset, length);
+    if (length === 0) return into;
+    if (this.map.isZero(offset, length)) return into.fill(0, 0, length);
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(this.fd, into, done, length - done, offset + done);
+      if (n === 0) {
+        into.fill(0, done, length);
+        break;
+      }
+      done += n;
+    }
+    return into;
+  }
+
   async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
     this.assertWritable();
     this.assertRange(offset, data.length);

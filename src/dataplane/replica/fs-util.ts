@@ -23,6 +23,16 @@ export function preadExact(
   });
 }
 
+/** `preadExact` on the calling thread: for small reads of recently written (page-cached) files. */
+export function preadExactSync(fd: number, buf: Buffer, at: number, length: number, position: number): void {
+  let done = 0;
+  while (done < length) {
+    const n = fs.readSync(fd, buf, at + done, length - done, position + done);
+    if (n === 0) throw new Error(`unexpected end of file at byte ${position + done}`);
+    done += n;
+  }
+}
+
 /** Writes all of `data` at `position`. */
 export function pwriteAll(fd: number, data: Buffer, position: number): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -604,6 +604,7 @@ export class ReplicaStore implements ChangeSink {
         size: disk.spec.sizeBytes,
         index,
         readBase: (offset, length, into) => disk.base.read(offset, length, into),
+        readBaseSync: (offset, length, into) => disk.base.readSync(offset, length, into),
         release: () => {
           this.openViews.delete(view);
           const n = (this.viewUsers.get(pointId) ?? 1) - 1;
@@ -882,6 +883,7 @@ export class ReplicaStore implements ChangeSink {
             size: disk.spec.sizeBytes,
             index,
             readBase: (o, l, into) => disk.base.read(o, l, into),
+            readBaseSync: (o, l, into) => disk.base.readSync(o, l, into),
             release: () => undefined,
           },
           intent.pointId,
@@ -929,6 +931,7 @@ export class ReplicaStore implements ChangeSink {
               size: disk.spec.sizeBytes,
               index: this.undo.indexes.get(diskId)!,
               readBase: (o, l, into) => disk.base.read(o, l, into),
+              readBaseSync: (o, l, into) => disk.base.readSync(o, l, into),
               release: () => undefined,
             },
             intent.pointId,

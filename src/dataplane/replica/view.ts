@@ -1,7 +1,7 @@
 import type { BlockBackend, Extent } from '../nbd/backend.js';
 import { NbdError } from '../nbd/errors.js';
 import { NbdErrno } from '../nbd/protocol.js';
-import { preadExact } from './fs-util.js';
+import { preadExact, preadExactSync } from './fs-util.js';
 import type { DiskUndoIndex, Resolution, UndoFill } from './undo-index.js';
 
 /** What a view needs from its store: the disk's undo index, its base image, and a way to say it is gone. */
@@ -10,6 +10,8 @@ export interface ViewSource {
   readonly index: DiskUndoIndex;
   /** Reads the base image (always at "latest processed"). */
   readBase(offset: number, length: number, into: Buffer): Promise<unknown>;
+  /** Reads the base image on the calling thread (optional; used for small ranges). */
+  readBaseSync?(offset: number, length: number, into: Buffer): unknown;
   /** Called once by `close()`. */
   release(): void;
 }
@@ -44,12 +46,25 @@ export class ReplicaView implements BlockBackend {
     const idx = this.source.index;
     const first = idx.resolve(this.pointSeq - 1, offset, length);
     const version = idx.version;
-    // The holes (base) and the undo pieces cover disjoint parts of `buf`: all are read at once, so a read costs
-    // the slowest piece, not a base read followed by the undo reads.
-    await Promise.all([
-      ...first.holes.map(([a, b]) => this.source.readBase(a, b - a, buf.subarray(a - offset, b - offset))),
-      fillFromUndo(buf, offset, first),
-    ]);
+    const holes = first.holes;
+    if (holes.length > 1) {
+      // Base bytes in many pieces (an old point: undo entries scattered over the range): one base read over
+      // the span of the holes costs one threadpool hop instead of one per hole; the undo pieces are copied over
+      // it afterwards, so the point's bytes win where they differ.
+      const a = holes[0]![0];
+      const b = holes[holes.length - 1]![1];
+      const span = buf.subarray(a - offset, b - offset);
+      if (this.source.readBaseSync && b - a <= SYNC_BASE_SPAN_MAX) this.source.readBaseSync(a, b - a, span);
+      else await this.source.readBase(a, b - a, span);
+      await fillFromUndo(buf, offset, first);
+    } else {
+      // The hole (base) and the undo pieces cover disjoint parts of `buf`: all are read at once, so a read costs
+      // the slowest piece, not a base read followed by the undo reads.
+      await Promise.all([
+        ...holes.map(([a, b]) => this.source.readBase(a, b - a, buf.subarray(a - offset, b - offset))),
+        fillFromUndo(buf, offset, first),
+      ]);
+    }
     // Entries indexed while the base was read may cover bytes the base read already saw overwritten: re-resolve
     // the holes and fill them from those entries (after the base bytes, so the undo bytes win). An entry indexed
     // after this synchronous check belongs to a base write that starts after it.
@@ -99,17 +114,27 @@ export class ReplicaView implements BlockBackend {
   }
 }
 
+/**
+ * Undo pieces up to this many bytes are read on the calling thread (`OSR_VIEW_SYNC_READ_MAX`, 0 = never). A
+ * view of an old point is mostly undo pieces of a write's size (64 KiB in the benchmark), from undo files the
+ * processor wrote recently and the page cache still holds; a threadpool hop per piece cost more CPU than the copy.
+ */
+const SYNC_UNDO_READ_MAX = Number(process.env.OSR_VIEW_SYNC_READ_MAX ?? 256 * 1024);
+
+/** A base span up to this many bytes under a many-piece read is read on the calling thread (`OSR_VIEW_SYNC_BASE_MAX`). */
+const SYNC_BASE_SPAN_MAX = Number(process.env.OSR_VIEW_SYNC_BASE_MAX ?? 1024 * 1024);
+
 async function fillFromUndo(buf: Buffer, offset: number, r: Resolution): Promise<void> {
-  await Promise.all(
-    mergeFills(r.fills).map(({ entry, start, end }) => {
-      const into = start - offset;
-      if (entry.fd < 0) {
-        buf.fill(0, into, into + end - start);
-        return Promise.resolve();
-      }
-      return preadExact(entry.fd, buf, into, end - start, entry.pos + (start - entry.offset));
-    }),
-  );
+  const pending: Promise<void>[] = [];
+  for (const { entry, start, end } of mergeFills(r.fills)) {
+    const into = start - offset;
+    const n = end - start;
+    const at = entry.pos + (start - entry.offset);
+    if (entry.fd < 0) buf.fill(0, into, into + n);
+    else if (n <= SYNC_UNDO_READ_MAX) preadExactSync(entry.fd, buf, into, n, at);
+    else pending.push(preadExact(entry.fd, buf, into, n, at));
+  }
+  await Promise.all(pending);
 }
 
 /**
