@@ -44,6 +44,7 @@ async function close(x: { svc: DataPlaneReplicationService; lc: LifecycleService
 }
 
 const fill = (byte: number, n = 4096): Buffer => Buffer.alloc(n, byte);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Writes A, point 1, writes B, point 2 (seqs 1–4) into a fresh replica of ITEM. */
 async function prepared(
@@ -335,6 +336,69 @@ void test('a machine of the local fabric runs on an exposure: its writes reach t
     );
   } finally {
     await fabric.close();
+    await close(x);
+  }
+});
+
+void test('commit under a machine that keeps writing: no write is lost or refused, the address stays', async () => {
+  const x = await open(join(dir, 'busy'));
+  const size = 48 * MiB;
+  try {
+    await x.svc.prepareReplica({
+      itemId: ITEM,
+      machine: { id: 'm1', name: 'web' },
+      disks: [{ id: 'disk0', sizeBytes: size }],
+      policy: {},
+    });
+    const store = x.svc.replicaStore(ITEM)!;
+    await store.receive([
+      { kind: 'write', seq: 1, time: Date.now(), diskId: 'disk0', offset: 0, data: fill(0xaa, MiB) },
+      { kind: 'marker', seq: 2, time: Date.now(), markerType: 'crash-consistent', pointId: 'p1' },
+    ]);
+    await store.process();
+    const exposed = await x.lc.expose({
+      itemId: ITEM,
+      purpose: 'failover',
+      point: { sequence: 2, pointId: 'cp-1' },
+      disks: [{ id: 'disk0', sizeBytes: size }],
+      stopReceiving: true,
+    });
+    const uri = exposed.disks[0]!.nbdUri;
+    const expect = Buffer.alloc(size);
+    fill(0xaa, MiB).copy(expect, 0);
+    await nbd(uri, async (c) => {
+      // Enough overlay data that the commit's copy takes a while.
+      for (let off = 0; off < 40 * MiB; off += MiB) {
+        const data = fill(((off / MiB) % 200) + 1, MiB);
+        await c.write(off, data);
+        data.copy(expect, off);
+      }
+      await c.flush();
+      let stop = false;
+      let during = 0;
+      const writer = (async () => {
+        for (let i = 0; !stop; i++) {
+          const off = ((i * 7919) % (size / 4096 - 16)) * 4096;
+          const data = fill((i % 250) + 3, 4096 * (1 + (i % 16)));
+          data.writeUInt32LE(i, 0);
+          await c.write(off, data);
+          data.copy(expect, off);
+          during++;
+        }
+      })();
+      const committed = await x.lc.commit({ itemId: ITEM, purpose: 'failover' });
+      // Keep writing a little after the switch, then stop.
+      await sleep(50);
+      stop = true;
+      await writer;
+      await c.flush();
+      assert.equal(committed.disks[0]!.nbdUri, uri, 'same address after commit');
+      assert.ok(during >= 10, `the machine wrote ${during} times around the commit`);
+    });
+    const base = await store.openBase('disk0').read(0, size);
+    assert.ok(base.equals(expect), 'the base holds every write, also those made during the commit');
+    assert.equal(store.points().length, 0);
+  } finally {
     await close(x);
   }
 });

@@ -94,39 +94,71 @@ const PURPOSES: readonly ExposurePurpose[] = ['test', 'failover'];
 
 /**
  * One disk of an exposure as a `BlockBackend` whose target can change (overlay → base at commit, none after a
- * release). With no target every request fails with EIO. `close()` does nothing: the service owns the targets.
+ * release). With no target every request fails with EIO. `hold()` makes new requests wait and lets those in
+ * flight finish, so the target can be switched under a running machine; `resume()` lets them go on to the new
+ * target. `close()` does nothing: the service owns the targets.
  */
 export class ExposureDisk implements BlockBackend {
   readonly size: number;
   readonly readOnly = false;
   target: BlockBackend | undefined;
+  #inFlight = 0;
+  #idle: Array<() => void> = [];
+  #held: { promise: Promise<void>; release: () => void } | undefined;
 
   constructor(size: number) {
     this.size = size;
   }
 
-  #t(): BlockBackend {
-    if (this.target === undefined) throw new NbdError(NbdErrno.EIO, 'the exposure was released');
-    return this.target;
+  async #run<T>(op: (target: BlockBackend | undefined) => Promise<T>): Promise<T> {
+    while (this.#held !== undefined) await this.#held.promise;
+    this.#inFlight++;
+    try {
+      return await op(this.target);
+    } finally {
+      if (--this.#inFlight === 0) for (const wake of this.#idle.splice(0)) wake();
+    }
   }
 
-  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    return this.#t().read(offset, length, into);
+  #t(target: BlockBackend | undefined): BlockBackend {
+    if (target === undefined) throw new NbdError(NbdErrno.EIO, 'the exposure was released');
+    return target;
   }
-  async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
-    return this.#t().write(offset, data, options);
+
+  /** New requests wait from now on; resolves once every request already under way has finished. */
+  async hold(): Promise<void> {
+    if (this.#held === undefined) {
+      let release = (): void => undefined;
+      const promise = new Promise<void>((r) => (release = r));
+      this.#held = { promise, release };
+    }
+    if (this.#inFlight > 0) await new Promise<void>((r) => this.#idle.push(r));
   }
-  async writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
-    return this.#t().writeZeroes(offset, length, options);
+
+  /** Lets the held requests go on, to whatever the target is now. */
+  resume(): void {
+    const held = this.#held;
+    this.#held = undefined;
+    held?.release();
   }
-  async trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
-    return this.#t().trim(offset, length, options);
+
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    return this.#run((t) => this.#t(t).read(offset, length, into));
+  }
+  write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+    return this.#run((t) => this.#t(t).write(offset, data, options));
+  }
+  writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
+    return this.#run((t) => this.#t(t).writeZeroes(offset, length, options));
+  }
+  trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    return this.#run((t) => this.#t(t).trim(offset, length, options));
   }
   flush(): Promise<void> {
-    return this.target?.flush() ?? Promise.resolve();
+    return this.#run((t) => t?.flush() ?? Promise.resolve());
   }
-  async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    return this.#t().blockStatus(offset, length);
+  blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return this.#run((t) => this.#t(t).blockStatus(offset, length));
   }
   close(): Promise<void> {
     return Promise.resolve();
@@ -544,13 +576,23 @@ export class LifecycleService {
       const e = this.#held(itemId, 'failover');
       const store = this.#store(itemId);
       if (e.record.state !== 'committed') {
+        // The machine keeps running: its writes during the copy are copied again, and at the end its requests
+        // wait (hold) until the disks point at the base.
+        const disks = e.record.disks.map((d) => ({
+          d,
+          x: this.#disk(itemId, 'failover', d.id, d.sizeBytes),
+        }));
         try {
-          await store.commit([...e.overlays.values()]);
+          await store.commit([...e.overlays.values()], {
+            quiesce: async () => {
+              await Promise.all(disks.map(({ x }) => x.hold()));
+            },
+          });
+          for (const { d, x } of disks) x.target = store.openBase(d.id);
         } catch (err) {
           throw mapReplicaError(err, itemId);
-        }
-        for (const d of e.record.disks) {
-          this.#disk(itemId, 'failover', d.id, d.sizeBytes).target = store.openBase(d.id);
+        } finally {
+          for (const { x } of disks) x.resume();
         }
         e.overlays.clear();
         e.record = { ...e.record, state: 'committed', snapshots: {} };

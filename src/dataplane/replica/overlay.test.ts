@@ -176,4 +176,63 @@ describe('Overlay', () => {
       await again.close();
     }
   });
+
+  test('commit keeps what the machine writes while the overlay is being copied', async () => {
+    const dir = tempDir();
+    dirs.push(dir);
+    const disks: DiskSpec[] = [{ id: 'big', sizeBytes: 64 * 1024 * 1024 }];
+    const gen = new ChangeGenerator({ disks, seed: 5, markerRate: 0 });
+    const model = new DiskModel(disks);
+    const changes = [...gen.next(20), gen.marker()];
+    changes.forEach((c) => model.apply(c));
+    const store = await ReplicaStore.open(path.join(dir, 'replica'), { disks });
+    try {
+      await store.receive(changes);
+      await store.process();
+      const [p1] = store.points();
+      const overlay = await store.createOverlay('big', p1!.id, { dir, name: 'fo' });
+      const expect = Buffer.from(model.atPoint.get(p1!.id)!.get('big')!);
+      // Enough overlay data that the copy takes a while.
+      for (let off = 0; off < 48 * 1024 * 1024; off += 1024 * 1024) {
+        const data = Buffer.alloc(1024 * 1024, (off >> 20) + 1);
+        await overlay.write(off, data);
+        data.copy(expect, off);
+      }
+      const rnd = mulberry32(9);
+      let stop = false;
+      let during = 0;
+      const writer = (async () => {
+        for (let i = 0; !stop; i++) {
+          const len = 4096 + Math.floor(rnd() * 100_000);
+          const off = Math.floor(rnd() * (expect.length - len));
+          const data = Buffer.alloc(len, (i % 250) + 3);
+          data.writeUInt32LE(i, 0);
+          if (i % 7 === 0) {
+            await overlay.writeZeroes(off, len);
+            expect.fill(0, off, off + len);
+          } else {
+            await overlay.write(off, data);
+            data.copy(expect, off);
+          }
+          during++;
+        }
+      })();
+      let quiesced = 0;
+      await store.commit([overlay], {
+        quiesce: async () => {
+          quiesced++;
+          stop = true;
+          await writer;
+        },
+      });
+      assert.equal(quiesced, 1);
+      assert.ok(during >= 10, `the machine wrote ${during} times during the commit`);
+      assert.ok(
+        (await readAll(store.openBase('big'))).equals(expect),
+        'the base holds every write, also those made while the overlay was copied',
+      );
+    } finally {
+      await store.close();
+    }
+  });
 });

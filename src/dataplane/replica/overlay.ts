@@ -61,6 +61,8 @@ export class Overlay implements BlockBackend {
   private snapshots: string[];
   private readonly lock = new Mutex();
   private closed = false;
+  /** Granules written or zeroed since `trackChanges()` (commit copies them again before it switches). */
+  private changed: Set<number> | undefined;
 
   private constructor(
     host: OverlayHost,
@@ -180,7 +182,10 @@ export class Overlay implements BlockBackend {
           Buffer.alloc(stop - Math.max(coveredEnd, offset)),
         );
       }
-      for (let i = first; i < end; i++) this.map.set(i, GranuleState.ZERO);
+      for (let i = first; i < end; i++) {
+        this.map.set(i, GranuleState.ZERO);
+        this.changed?.add(i);
+      }
       if (options?.fua) await this.flushLocked();
     });
   }
@@ -278,6 +283,31 @@ export class Overlay implements BlockBackend {
     return out;
   }
 
+  /**
+   * From now on, remembers every granule a write, zero or trim touches, until `takeChanges()` hands them over.
+   * Commit flattens the overlay while the machine keeps writing to it; this is how it finds what to copy again.
+   */
+  trackChanges(): void {
+    this.changed ??= new Set();
+  }
+
+  /**
+   * The byte ranges of the granules touched since tracking began or since the last call, merged and in order;
+   * the set starts empty again.
+   */
+  takeChanges(): Array<[number, number]> {
+    const indexes = [...(this.changed ?? [])].sort((a, b) => a - b);
+    this.changed?.clear();
+    const out: Array<[number, number]> = [];
+    for (const i of indexes) {
+      const { start, end } = this.map.granuleRange(i);
+      const last = out.at(-1);
+      if (last && last[1] === start) last[1] = end;
+      else out.push([start, end]);
+    }
+    return out;
+  }
+
   /** Reads the overlay's own data file (only meaningful for `DATA` runs). */
   async readData(offset: number, length: number): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(length);
@@ -309,6 +339,9 @@ export class Overlay implements BlockBackend {
     if (data.length === 0) return;
     const g = OVERLAY_GRANULE;
     const stop = offset + data.length;
+    if (this.changed) {
+      for (let i = Math.floor(offset / g); i <= Math.floor((stop - 1) / g); i++) this.changed.add(i);
+    }
     const edges: Array<{ start: number; buf: Buffer; index: number }> = [];
     for (const index of new Set([Math.floor(offset / g), Math.floor((stop - 1) / g)])) {
       const { start, end } = this.map.granuleRange(index);

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Change, DiskSpec, MarkerType, WriteChange, ZeroChange } from '../changes.js';
 import type { BlockBackend, Extent, WriteOptions, ZeroOptions } from '../nbd/backend.js';
+import { GranuleState } from '../nbd/allocation-map.js';
 import { NbdError } from '../nbd/errors.js';
 import { FileBackend } from '../nbd/file-backend.js';
 import { NbdErrno } from '../nbd/protocol.js';
@@ -98,6 +99,20 @@ interface DiskState {
 }
 
 const STATE_FILE = 'state.osr';
+
+/** Options of `ReplicaStore.commit`. */
+export interface CommitOptions {
+  /**
+   * Called once the overlays' bytes are in the base up to a small remainder: resolves when nothing writes to
+   * the overlays any more (the caller holds new requests until the commit returns or fails).
+   */
+  readonly quiesce?: () => Promise<void>;
+}
+
+/** Rounds of copying what the running machine wrote during the previous round, before it is held. */
+const COMMIT_CATCH_UP_PASSES = 4;
+/** A round that copied less than this is close enough: hold the machine and copy the rest. */
+const COMMIT_CATCH_UP_ENOUGH = 8 * 1024 * 1024;
 
 /**
  * The replica of one replication group at the recovery site (DESIGN §2.3–2.5): received changes land in a
@@ -643,8 +658,13 @@ export class ReplicaStore implements ChangeSink {
    * and all undo records, then closes and deletes the overlays. Afterwards the base is the failed-over disk
    * (`openBase`), and the store refuses `receive`. Stops the processor first. Refused with `IN_USE` while any
    * view other than the overlays' own is open. Crash-safe: an interrupted commit is finished by `open`.
+   *
+   * The machine may keep writing to the overlays while they are copied: the overlays remember what was written
+   * meanwhile and it is copied again (`COMMIT_CATCH_UP_PASSES` rounds while the machine runs). Then `quiesce`
+   * is awaited — the caller holds new requests and lets those in flight finish — and the last changes are copied
+   * with nothing moving. Without `quiesce` the caller guarantees that nothing writes to the overlays.
    */
-  async commit(overlays: readonly Overlay[]): Promise<void> {
+  async commit(overlays: readonly Overlay[], options: CommitOptions = {}): Promise<void> {
     this.assertOpen();
     if (overlays.length === 0) throw new ReplicaError('INVALID_CHANGE', 'commit needs at least one overlay');
     const pointId = overlays[0]!.pointId;
@@ -658,11 +678,11 @@ export class ReplicaStore implements ChangeSink {
     await this.stopProcessor();
     await this.settleStaged();
     // Both locks: no batch is being received into the pending log that commit discards.
-    await this.receiveLock.run(() => this.commitLocked(overlays, pointId));
+    await this.receiveLock.run(() => this.commitLocked(overlays, pointId, options));
     for (const o of overlays) await o.destroy();
   }
 
-  private commitLocked(overlays: readonly Overlay[], pointId: string): Promise<void> {
+  private commitLocked(overlays: readonly Overlay[], pointId: string, options: CommitOptions): Promise<void> {
     return this.processLock.run(async () => {
       this.assertOpen();
       if (this.state.committed) throw new ReplicaError('COMMITTED', 'already committed');
@@ -679,10 +699,22 @@ export class ReplicaStore implements ChangeSink {
         pointSeq: point.seq,
         overlays: overlays.map((o) => ({ diskId: o.diskId, dir: o.options.dir, name: o.options.name })),
       };
-      for (const o of overlays) await o.flush();
+      for (const o of overlays) {
+        o.trackChanges();
+        await o.flush();
+      }
       // Durable before the base changes: from here on, open() finishes the commit if we die.
       this.saveState({ commitIntent: intent });
       await this.flatten(intent, overlays);
+      if (options.quiesce) {
+        for (let pass = 0; pass < COMMIT_CATCH_UP_PASSES; pass++) {
+          if ((await this.copyOverlayChanges(overlays)) < COMMIT_CATCH_UP_ENOUGH) break;
+        }
+        await options.quiesce();
+        for (const o of overlays) await o.flush();
+        await this.copyOverlayChanges(overlays);
+        for (const d of this.disks.values()) await d.base.flush();
+      }
       this.finalizeCommit(intent);
     });
   }
@@ -905,19 +937,36 @@ export class ReplicaStore implements ChangeSink {
           });
           opened.push(overlay);
         }
-        const base = this.getDisk(o.diskId).base;
-        for (const run of overlay.runs(0, overlay.size)) {
-          for (let pos = run.start; pos < run.end; pos += 4 * 1024 * 1024) {
-            const n = Math.min(4 * 1024 * 1024, run.end - pos);
-            if (run.state === 2) await base.write(pos, await overlay.readData(pos, n));
-            else if (run.state === 1) await base.writeZeroes(pos, n);
-          }
-        }
+        await this.copyOverlay(overlay, 0, overlay.size);
       }
       for (const d of this.disks.values()) await d.base.flush();
     } finally {
       for (const o of opened) await o.close();
     }
+  }
+
+  /** Copies the overlay's own bytes in `[start, end)` (its data and zeroes; holes read the point) into the base. */
+  private async copyOverlay(overlay: Overlay, start: number, end: number): Promise<void> {
+    const base = this.getDisk(overlay.diskId).base;
+    for (const run of overlay.runs(start, end - start)) {
+      for (let pos = run.start; pos < run.end; pos += 4 * 1024 * 1024) {
+        const n = Math.min(4 * 1024 * 1024, run.end - pos);
+        if (run.state === GranuleState.DATA) await base.write(pos, await overlay.readData(pos, n));
+        else if (run.state === GranuleState.ZERO) await base.writeZeroes(pos, n);
+      }
+    }
+  }
+
+  /** Copies what was written to the overlays since the last call; returns how many bytes that was. */
+  private async copyOverlayChanges(overlays: readonly Overlay[]): Promise<number> {
+    let bytes = 0;
+    for (const o of overlays) {
+      for (const [a, b] of o.takeChanges()) {
+        await this.copyOverlay(o, a, b);
+        bytes += b - a;
+      }
+    }
+    return bytes;
   }
 
   /** During a commit redo at open, overlays are reopened on views built straight from the intent. */
