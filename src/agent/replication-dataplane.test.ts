@@ -214,3 +214,91 @@ void test('an offline export cut short by a restart exports again by itself and 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+void test('a delta resync (reprotect to the original machine) is followed at once by a recovery point', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'osr-dp-delta-'));
+  const MiB = 1024 * 1024;
+  const siteDir = join(dir, 'site');
+  await writeDemoSite(siteDir, {
+    kind: 'onprem',
+    octet: 3,
+    machines: [{ name: 'web', host: 'host1', memoryMb: 256, cpus: 1, ip: null, diskBytes: 8 * MiB }],
+  });
+  const image = join(siteDir, 'datastores', 'datastore1', 'web', 'disk0.img');
+  mkdirSync(join(image, '..'), { recursive: true });
+  const fd = openSync(image, 'w');
+  ftruncateSync(fd, 8 * MiB);
+  writeSync(fd, randomBytes(8 * MiB), 0, 8 * MiB, 0);
+  closeSync(fd);
+  const fabric = await LocalFabric.open({ siteDir, stateDir: join(dir, 'src', 'fabric'), autostart: false });
+  const policy = { replicationPort: await freePort() };
+  const auth = { mode: 'token', token: 'delta-test-token-0123456789' };
+  const item = {
+    itemId: 'i1',
+    machine: { id: 'm', name: 'web' },
+    disks: [{ id: 'disk0', sizeBytes: 8 * MiB }],
+  };
+  const replicaImage = join(dir, 'dst', 'replicas', 'i1', 'store', 'disks', 'disk0.img');
+  // Points only when something asks for one: the copy frequency alone would not cut one within the test.
+  const crashPointIntervalMs = 3600_000;
+  const recovery = new DataPlaneReplicationService({
+    dataDir: join(dir, 'dst'),
+    identity: await loadTlsIdentity(join(dir, 'dst'), 'dst'),
+    dataAddress: '127.0.0.1:1',
+    crashPointIntervalMs,
+  });
+  const source = new DataPlaneReplicationService({
+    dataDir: join(dir, 'src'),
+    identity: await loadTlsIdentity(join(dir, 'src'), 'src'),
+    dataAddress: '127.0.0.1:2',
+    fabric,
+    crashPointIntervalMs,
+  });
+  try {
+    await recovery.resume();
+    await source.resume();
+    const peer = { agentId: 'dst', siteId: 'd', dataAddress: '127.0.0.1:1' };
+    await recovery.prepareReplica({
+      ...item,
+      policy,
+      auth,
+      peer: { agentId: 'src', siteId: 's', dataAddress: null },
+    });
+    await source.startReplication({ ...item, policy, auth, peer });
+    const first = await until('the first point', () => recovery.replicaStore('i1')?.points()[0]);
+    assert.ok(readFileSync(replicaImage).equals(readFileSync(image)));
+
+    // Replication stops; the source disk changes in three places; replication starts again as a delta.
+    await source.stopReplication({ itemId: 'i1' });
+    const wfd = openSync(image, 'r+');
+    for (const at of [0, 3 * MiB + 512, 8 * MiB - 4096]) writeSync(wfd, randomBytes(4096), 0, 4096, at);
+    closeSync(wfd);
+    await recovery.prepareReplica({
+      ...item,
+      policy,
+      auth,
+      peer: { agentId: 'src', siteId: 's', dataAddress: null },
+      replicaExists: true,
+    });
+    await source.startReplication({ ...item, policy, auth, peer, copy: 'delta', replicaExists: true });
+    const next = await until(
+      'a point after the delta',
+      () =>
+        recovery
+          .replicaStore('i1')
+          ?.points()
+          .find((p) => p.seq > first.seq),
+      20_000,
+    );
+    assert.ok(next);
+    assert.ok(
+      readFileSync(replicaImage).equals(readFileSync(image)),
+      'the replica equals the changed source',
+    );
+  } finally {
+    await source.close();
+    await recovery.close();
+    await fabric.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

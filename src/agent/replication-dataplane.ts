@@ -1114,6 +1114,12 @@ export class DataPlaneReplicationService implements ReplicationService {
           bytesSent: res.bytesSent,
         };
         await this.#save(g);
+        // The replica is level again (or, for a reprotect, for the first time): a point now, not at the next
+        // copy-frequency tick, so failover (or failback) is possible at once.
+        if (!g.journal.resyncRequired) {
+          await this.#marker(g, 'crash-consistent');
+          nextCrash = Date.now() + crashMs;
+        }
         continue;
       }
       const now = Date.now();
