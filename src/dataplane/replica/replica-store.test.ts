@@ -319,6 +319,45 @@ describe('ReplicaStore', () => {
     }
   });
 
+  test('a batch received while the processor applies a long run is taken without waiting for the run', async () => {
+    const big: DiskSpec[] = [{ id: 'disk-0', sizeBytes: 64 * 1024 * 1024 }];
+    const store = await ReplicaStore.open(dir(), { disks: big });
+    try {
+      const t = Date.now();
+      let seq = 0;
+      await store.receive([
+        { kind: 'marker', seq: ++seq, time: t, markerType: 'crash-consistent', pointId: 'p' },
+      ]);
+      const writes: Change[] = [];
+      for (let i = 0; i < 48; i++) {
+        writes.push({
+          kind: 'write',
+          seq: ++seq,
+          time: t,
+          diskId: 'disk-0',
+          offset: i * 1024 * 1024,
+          data: Buffer.alloc(1024 * 1024, i + 1),
+        });
+      }
+      await store.receive(writes);
+      const order: string[] = [];
+      const run = store.process().then(() => order.push('processed'));
+      // Let the run start and take its lock.
+      await new Promise((r) => setImmediate(r));
+      const taken = store
+        .receive([
+          { kind: 'write', seq: ++seq, time: t, diskId: 'disk-0', offset: 0, data: Buffer.alloc(4096, 7) },
+        ])
+        .then(() => order.push('taken'));
+      await Promise.all([run, taken]);
+      assert.deepEqual(order, ['taken', 'processed']);
+      await store.process();
+      assert.equal((await store.openBase('disk-0').read(0, 1))[0], 7);
+    } finally {
+      await store.close();
+    }
+  });
+
   test('directApply: false keeps every batch in the pending log until processed', async () => {
     const d = dir();
     const gen = new ChangeGenerator({ disks: DISKS, seed: 33, markerRate: 0 });

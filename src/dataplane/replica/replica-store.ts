@@ -332,6 +332,16 @@ export class ReplicaStore implements ChangeSink {
    */
   private stageDirect(changes: readonly Change[]): Promise<boolean> {
     if (changes.some((c) => c.kind === 'marker')) return Promise.resolve(false);
+    // Once a change went through the pending log it never goes direct again: say so without waiting for the
+    // processing lock, which a processor run holds for as long as it applies (the batch's ack would wait too).
+    if (
+      this.state.committed ||
+      this.undo.points().length > 0 ||
+      this.undo.lastChangeSeq() > 0 ||
+      this.pending.pending().length > 0
+    ) {
+      return Promise.resolve(false);
+    }
     return this.processLock.run(async () => {
       this.assertOpen();
       if (
