@@ -371,6 +371,22 @@ async function main(): Promise<void> {
       ),
     );
     await Promise.all(benches.map((b) => waitProtected(w, b.itemId, 300_000)));
+    // Failback needs a recovery point of the reverse direction; the delta resync cuts one when it ends.
+    await Promise.all(
+      benches.map((b) =>
+        waitUntil(
+          `${b.name} to allow failback`,
+          async () => {
+            const r = await w.api<{ allowedOperations?: string[] }>(
+              'GET',
+              `/vaults/default/items/${b.itemId}`,
+            );
+            return r.body.allowedOperations?.includes('PlannedFailover') === true ? true : undefined;
+          },
+          300_000,
+        ),
+      ),
+    );
     const reprotectMs = performance.now() - tRp;
     const deltas = benches.map((b) => {
       const file = join(s.recoveryData, 'replication', b.itemId, 'source.json');
