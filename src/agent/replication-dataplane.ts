@@ -566,6 +566,9 @@ export class DataPlaneReplicationService implements ReplicationService {
         await existing.store.close();
       }
       const dir = this.#replicaDir(itemId);
+      if (existing === undefined && p.replicaExists === true && p.resync !== true && !fs.existsSync(dir)) {
+        await this.#adoptReplica(itemId, p.machine, disks);
+      }
       if (!keep) await rm(dir, { recursive: true, force: true });
       await mkdir(dir, { recursive: true });
       const record: ReplicaRecord = {
@@ -581,6 +584,42 @@ export class DataPlaneReplicationService implements ReplicationService {
       await writeJson(join(dir, 'replica.json'), record);
       this.#replicas.set(itemId, entry);
       return this.#prepared(entry, await this.#listening(entry));
+    });
+  }
+
+  /**
+   * Registering a machine whose replica is already here (R-REP-4, `--replica-exists`): the replica this site
+   * kept for the same machine under an earlier item (protection disabled without deleting it) becomes this
+   * item's. Its bytes are the seed; the source then compares block hashes and sends only what differs.
+   */
+  async #adoptReplica(
+    itemId: string,
+    machine: { id: string; name: string },
+    disks: { id: string; sizeBytes: number }[],
+  ): Promise<void> {
+    const kept = [...this.#replicas.values()].find(
+      (e) => e.record.itemId !== itemId && e.record.machine.id === machine.id,
+    );
+    if (kept === undefined) {
+      throw new OsrError(
+        'NOT_FOUND',
+        `no replica of machine '${machine.name}' is kept at this site; protect it without --replica-exists for a full initial copy`,
+        { details: { machine: machine.name } },
+      );
+    }
+    const from = kept.record.itemId;
+    await this.#locked(from, async () => {
+      if (JSON.stringify(kept.record.disks) !== JSON.stringify(disks)) {
+        throw new OsrError(
+          'VALIDATION_FAILED',
+          `the replica kept for machine '${machine.name}' (item ${from}) has other disks than the machine now`,
+          { details: { machine: machine.name, keptItem: from } },
+        );
+      }
+      this.#replicas.delete(from);
+      await kept.store.close();
+      await rename(this.#replicaDir(from), this.#replicaDir(itemId));
+      this.#log.info({ itemId, from, machine: machine.name }, 'kept replica registered for the item');
     });
   }
 

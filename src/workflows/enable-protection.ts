@@ -137,6 +137,8 @@ function enableSteps(deps: WorkflowDeps): JobDefinition<EnableProtectionInput>['
             auth: await streamAuthFor(deps.store, policy, item.id),
             replicaExists: ctx.input.replicaExists,
             resync: ctx.input.resync,
+            // A replica already at the recovery site is brought level by block hashes, not copied again.
+            ...(ctx.input.replicaExists && !ctx.input.resync ? { copy: 'delta' } : {}),
           },
           ctx.signal,
         );

@@ -17,6 +17,7 @@ import { BIN, startWorld, waitUntil } from './harness.js';
 import type { World } from './harness.js';
 import {
   DISK_BYTES,
+  LEDGER_BYTES,
   PREFILL_OFFSET,
   ledger,
   protectWeb,
@@ -357,6 +358,90 @@ void test(
         await ledger(s, 'thaw');
       }
       await s.primary.waitFor(/"msg":"resync done"/, 30_000);
+    });
+  },
+);
+
+void test(
+  'a replica kept by disable protection is registered again with --replica-exists: block hashes, no full copy',
+  { timeout: 240_000 },
+  async () => {
+    const w = await world();
+    const s = await sites(w, ['--point-interval', '1500']);
+    await withLogs(s, async () => {
+      const first = await protectWeb(w);
+      await waitProtected(w, first);
+      const un = await w.api('POST', `/vaults/default/items/${first}/unprotect`, { deleteReplica: false });
+      assert.ok(un.status < 300, JSON.stringify(un.body));
+      await waitUntil('protection disabled', async () => {
+        const r = await w.api('GET', `/vaults/default/items/${first}`);
+        return r.status === 404;
+      });
+      assert.ok(existsSync(join(s.recoveryData, 'replicas', first)), 'the replica was kept');
+      // The machine keeps writing while unprotected: the kept replica falls behind.
+      const count = (await ledger(s, 'status')).count ?? 0;
+      await waitUntil(
+        'more ledger records',
+        async () => ((await ledger(s, 'status')).count ?? 0) > count + 20,
+      );
+
+      const web = await w.api<{ items: { id: string; name: string }[] }>(
+        'GET',
+        '/vaults/default/machines?limit=100',
+      );
+      const machine = web.body.items.find((m) => m.name === 'web')!.id;
+      const policies = await w.api<{ items: { id: string }[] }>('GET', '/vaults/default/policies');
+      const protect = (): Promise<{ status: number; body: { item: { id: string } } }> =>
+        w.api('POST', '/vaults/default/items', {
+          machine,
+          policy: policies.body.items[0]!.id,
+          targetSite: 'recovery',
+          replicaExists: true,
+        });
+      const r = await protect();
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      const again = r.body.item.id;
+      await waitProtected(w, again);
+      assert.ok(
+        !existsSync(join(s.recoveryData, 'replicas', first)),
+        'the kept replica became the new item’s',
+      );
+      await ledger(s, 'freeze');
+      try {
+        await waitReplicaEqual(s, again);
+      } finally {
+        await ledger(s, 'thaw');
+      }
+      const state = await waitUntil('the resync to be recorded', () => {
+        const file = join(s.primaryData, 'replication', again, 'source.json');
+        const st = JSON.parse(readFileSync(file, 'utf8')) as {
+          lastResync?: { bytesCompared: number; bytesSent: number };
+        };
+        return st.lastResync;
+      });
+      assert.ok(state.bytesCompared >= LEDGER_BYTES + DISK_BYTES, `compared ${state.bytesCompared} bytes`);
+      assert.ok(
+        state.bytesSent < state.bytesCompared / 4,
+        `sent ${state.bytesSent} of ${state.bytesCompared} bytes: only the blocks that differ`,
+      );
+
+      // Without a kept replica the registration is refused at the recovery site, with the reason.
+      const un2 = await w.api('POST', `/vaults/default/items/${again}/unprotect`, { deleteReplica: true });
+      assert.ok(un2.status < 300, JSON.stringify(un2.body));
+      await waitUntil('protection disabled again', async () => {
+        const x = await w.api('GET', `/vaults/default/items/${again}`);
+        return x.status === 404;
+      });
+      const refused = await protect();
+      assert.equal(refused.status, 202, JSON.stringify(refused.body));
+      const job = await waitUntil('the enable protection job to fail', async () => {
+        const jobs = await w.api<{
+          items: { id: string; state: string; error?: { code: string; message: string } }[];
+        }>('GET', `/jobs?target=${refused.body.item.id}`);
+        return jobs.body.items.find((j) => j.state === 'Failed');
+      });
+      assert.equal(job.error?.code, 'NOT_FOUND');
+      assert.match(job.error?.message ?? '', /no replica of machine 'web' is kept/);
     });
   },
 );
