@@ -514,6 +514,8 @@ export const Job = Type.Object(
         endedAt: Nullable(Type.String()),
         progress: Nullable(Type.Number()),
         error: Nullable(ref('JobError')),
+        /** Why a Skipped step did nothing. */
+        skipReason: Nullable(Type.String()),
         output: Type.Unknown(),
       }),
     ),

@@ -65,12 +65,13 @@ export async function followJob(client: OsrClient, jobId: string, options: Follo
   }
 }
 
-/** `[2/5] Create replica disks: Succeeded (1.2s)` */
+/** `[2/5] Create replica disks: Succeeded (1.2s)`; a Skipped step adds its reason. */
 export function describeStep(job: Job, step: JobStep): string {
   const took = step.state === 'NotStarted' ? '' : ` (${elapsed(step.startedAt, step.endedAt)})`;
   const progress = step.state === 'InProgress' && step.progress !== null ? ` ${step.progress}%` : '';
   const error = step.error ? ` — ${step.error.message} (${step.error.code})` : '';
-  return `${stepLabel(job, step)}: ${step.state}${progress}${took}${error}`;
+  const skipped = step.state === 'Skipped' && step.skipReason !== null ? ` — ${step.skipReason}` : '';
+  return `${stepLabel(job, step)}: ${step.state}${progress}${took}${error}${skipped}`;
 }
 
 /**

@@ -35,9 +35,13 @@ export function makeJob(steps: [string, JobStep['state'], number?][], overrides:
       name,
       state,
       startedAt: state === 'NotStarted' ? null : '2024-01-01T00:00:00.000Z',
-      endedAt: state === 'Succeeded' || state === 'Failed' ? '2024-01-01T00:00:01.500Z' : null,
+      endedAt:
+        state === 'Succeeded' || state === 'Failed' || state === 'Skipped'
+          ? '2024-01-01T00:00:01.500Z'
+          : null,
       progress: progress ?? null,
       error: null,
+      skipReason: state === 'Skipped' ? 'nothing to do' : null,
       output: null,
     })),
     error: null,

@@ -390,6 +390,8 @@ export interface JobStep {
   /** Step progress 0–100 where the step reports it. */
   progress: number | null;
   error: JobError | null;
+  /** Why the step was Skipped (it had nothing to do); null for any other state. */
+  skipReason: string | null;
   /** Whatever the step returned; later steps read it. */
   output: unknown;
 }

@@ -13,7 +13,7 @@ import type { JobEvent } from './events.js';
 import { waitUntilResumed } from './manual-action.js';
 import { ManualClock } from './manual-clock.js';
 import type { JobDefinition, StepContext } from './types.js';
-import { isWaitRequest } from './types.js';
+import { isWaitRequest, skipStep } from './types.js';
 
 const T = { timeout: 30_000 };
 
@@ -469,6 +469,61 @@ for (const variant of storeVariants()) {
         );
         assert.equal(def.runs.get(`${job.id}:0`), 1, 'the cancelled step did not run again');
         assert.equal(onEnd.length, 1);
+      },
+    );
+
+    void it(
+      'a step that returns skipStep ends Skipped with its reason; later steps see its output; it is not run again after a hand-back',
+      T,
+      async (t) => {
+        const h = await setup(t, variant);
+        const g = gate();
+        const def = counted<{ shutdown: boolean }>('skips', {
+          'shut down': (ctx) =>
+            Promise.resolve(
+              ctx.input.shutdown ? { stopped: true } : skipStep('not requested', { requested: false }),
+            ),
+          wait: (ctx) => untilOrAbort(ctx.signal, g.promise).then(() => 'waited'),
+          report: (ctx) => Promise.resolve({ sawSkipped: ctx.outputs['shut down'] }),
+        });
+        const a = h.engine();
+        a.register(def);
+        a.start();
+        const job = await h.submit(a, 'skips', { shutdown: false });
+        const parked = await a.waitFor(job.id, (j) => j.steps[1]?.state === 'InProgress');
+        const skipped = parked.steps[0];
+        assert.equal(skipped?.state, 'Skipped');
+        assert.equal(skipped?.skipReason, 'not requested');
+        assert.deepEqual(skipped?.output, { requested: false });
+        assert.ok(skipped?.startedAt !== null && skipped?.endedAt !== null);
+        const stopped = a.stop();
+        g.open();
+        await stopped;
+        const b = h.engine();
+        b.register(def);
+        b.start();
+        const done = await b.waitFor(job.id);
+        assert.equal(done.state, 'Succeeded');
+        assert.deepEqual(
+          done.steps.map((s) => [s.name, s.state, s.skipReason]),
+          [
+            ['shut down', 'Skipped', 'not requested'],
+            ['wait', 'Succeeded', null],
+            ['report', 'Succeeded', null],
+          ],
+        );
+        assert.deepEqual(done.steps[2]?.output, { sawSkipped: { requested: false } });
+        assert.equal(def.runs.get(`${job.id}:0`), 1, 'the skipped step ran once');
+
+        const asked = await b.waitFor((await h.submit(b, 'skips', { shutdown: true })).id);
+        assert.deepEqual(
+          asked.steps.map((s) => [s.state, s.skipReason]),
+          [
+            ['Succeeded', null],
+            ['Succeeded', null],
+            ['Succeeded', null],
+          ],
+        );
       },
     );
 

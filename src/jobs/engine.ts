@@ -19,7 +19,7 @@ import { JobEvents } from './events.js';
 import type { JobEventKind } from './events.js';
 import type { ParkedStepOutput } from './manual-action.js';
 import type { Clock, JobDefinition, StepContext, SubmitJob, WaitRequest } from './types.js';
-import { isWaitRequest, systemClock } from './types.js';
+import { isSkipRequest, isWaitRequest, systemClock } from './types.js';
 
 /** pino-compatible logger; the engine logs structured objects with a message. */
 export interface JobEngineLogger {
@@ -567,6 +567,16 @@ export class JobEngine {
         return this.#endFailed(run, step.index, toOsrError(failure).toJobError());
       }
       if (isWaitRequest(result)) return this.#park(run, step.index, result);
+      if (isSkipRequest(result)) {
+        this.#log.info({ jobId: run.job.id, step: step.name, reason: result.reason }, 'job step skipped');
+        await this.#patchStep(run, step.index, {
+          state: 'Skipped',
+          endedAt: this.#nowIso(),
+          skipReason: result.reason,
+          output: result.output,
+        });
+        continue;
+      }
       await this.#patchStep(run, step.index, {
         state: 'Succeeded',
         endedAt: this.#nowIso(),

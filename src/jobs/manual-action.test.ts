@@ -15,6 +15,7 @@ function ctxWith(output: unknown, comments: { at: string; text: string }[]): Ste
     endedAt: null,
     progress: null,
     error: null,
+    skipReason: null,
     output,
   };
   const job = { id: 'j1', steps: [step], comments } as unknown as Job;

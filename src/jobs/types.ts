@@ -37,9 +37,10 @@ export interface StepContext<I = unknown> {
 }
 
 /**
- * What a step may return: a value (stored as its output), or `waitFor(...)` to park
- * the job in WaitingForAction; when resumed the *same* step runs again, and sees the
- * comment in `ctx.comments`, so it decides whether to wait again.
+ * What a step may return: a value (stored as its output), `waitFor(...)` to park the
+ * job in WaitingForAction (when resumed the *same* step runs again, and sees the
+ * comment in `ctx.comments`, so it decides whether to wait again), or `skipStep(...)`
+ * when the step had nothing to do: it ends Skipped with the reason shown to operators.
  */
 export type StepResult = unknown;
 
@@ -88,4 +89,25 @@ export function waitFor(name: string, prompt: string): WaitRequest {
 /** True when a step result asks to park the job. */
 export function isWaitRequest(v: unknown): v is WaitRequest {
   return typeof v === 'object' && v !== null && (v as { __osrWait?: unknown }).__osrWait === true;
+}
+
+/** Marker a step returns when it did nothing (see `skipStep`). */
+export interface SkipRequest {
+  readonly __osrSkip: true;
+  readonly reason: string;
+  readonly output: unknown;
+}
+
+/**
+ * Ends the step as Skipped, with `reason` stored on the step (`JobStep.skipReason`) for
+ * the API and the CLI, and `output` (default null) stored as its output for later steps.
+ * A step that did nothing must say so this way rather than succeed silently.
+ */
+export function skipStep(reason: string, output?: unknown): SkipRequest {
+  return { __osrSkip: true, reason, output: output ?? null };
+}
+
+/** True when a step result asks to end the step as Skipped. */
+export function isSkipRequest(v: unknown): v is SkipRequest {
+  return typeof v === 'object' && v !== null && (v as { __osrSkip?: unknown }).__osrSkip === true;
 }

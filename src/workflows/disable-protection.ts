@@ -8,6 +8,7 @@ import type { Job, ProtectionState } from '../domain/model.js';
 import { OsrError } from '../domain/errors.js';
 import { stateOnFailure } from '../domain/lifecycle.js';
 import type { JobDefinition, StepContext } from '../jobs/types.js';
+import { skipStep } from '../jobs/types.js';
 import type { WorkflowDeps } from './deps.js';
 import { assertHeldBy, releaseItem, uuidFromKey } from './item-jobs.js';
 import type { AgentCommandType } from './agent-commands.js';
@@ -36,7 +37,8 @@ async function tellAgent(
   } catch (err) {
     const unreachable =
       err instanceof OsrError && (err.code === 'AGENT_NOT_REGISTERED' || err.code === 'AGENT_DISCONNECTED');
-    if (ctx.input.force && unreachable) return { skipped: true, reason: err.message };
+    if (ctx.input.force && unreachable)
+      return skipStep(`${err.message}; its clean-up was skipped (force)`, { code: err.code });
     throw err;
   }
 }
@@ -58,7 +60,8 @@ export function disableProtectionJob(deps: WorkflowDeps): JobDefinition<DisableP
       {
         name: 'Delete replica',
         async run(ctx) {
-          if (!ctx.input.deleteReplica) return { skipped: true, reason: 'replica kept' };
+          if (!ctx.input.deleteReplica)
+            return skipStep('the replica is kept (the policy or the request says so)');
           const item = await deps.store.items.getById(ctx.input.itemId);
           return tellAgent(deps, ctx, item.targetSiteId, 'replica.delete');
         },

@@ -13,7 +13,7 @@ import type { FailureOutcome, TransitionItem } from '../domain/lifecycle.js';
 import { parseTestNetwork } from '../domain/placement.js';
 import type { JobDefinition, StepContext, StepDefinition } from '../jobs/types.js';
 import { waitUntilResumed } from '../jobs/manual-action.js';
-import { isWaitRequest } from '../jobs/types.js';
+import { isWaitRequest, skipStep } from '../jobs/types.js';
 import type { ReplicaCommitResult, ReplicaExposeResult, ReplicationDrainResult } from './agent-commands.js';
 import type { WorkflowDeps } from './deps.js';
 import { releaseItem, uuidFromKey } from './item-jobs.js';
@@ -280,13 +280,8 @@ async function releaseOnFailure(deps: WorkflowDeps, op: Operation, job: Job): Pr
   const outcome = failureOutcome(op, job);
   const patch: Partial<ProtectedItem> = { ...stateOnFailure(op, input.accepted, outcome) };
   const stopped = job.steps.find((st) => st.name === STEP.stopReplication);
-  const stopOutput = stopped?.output as { skipped?: boolean } | undefined;
-  if (
-    op === 'UnplannedFailover' &&
-    patch.protectionState === 'Protected' &&
-    stopped?.state === 'Succeeded' &&
-    stopOutput?.skipped !== true
-  ) {
+  // A Skipped stop (the source site did not answer) stopped nothing.
+  if (op === 'UnplannedFailover' && patch.protectionState === 'Protected' && stopped?.state === 'Succeeded') {
     // Replication was stopped (R-FO-5): the item may fail over again, but not plan one.
     Object.assign(patch, {
       resyncRequired: true,
@@ -494,7 +489,8 @@ function failoverSteps(deps: WorkflowDeps, planned: boolean): StepDefinition<Fai
       name: STEP.shutdownSource,
       async run(ctx) {
         const item = await heldItem(deps, ctx.input.itemId, ctx.job.id);
-        if (!planned && !ctx.input.shutdownSource) return { skipped: true, reason: 'not requested' };
+        if (!planned && !ctx.input.shutdownSource)
+          return skipStep('shutting down the source machine was not requested (--shutdown-source)');
         const machine = await sourceMachine(deps, item);
         try {
           const r = await command(deps, ctx, item.sourceSiteId, 'machine.shutdown', {
@@ -507,7 +503,10 @@ function failoverSteps(deps: WorkflowDeps, planned: boolean): StepDefinition<Fai
           // R-FO-3: an unplanned failover continues when the source cannot be shut down.
           if (planned || (err instanceof Error && err.name === 'JobAbortedError')) throw err;
           const e = toOsrError(err);
-          return { machine: machine.name, failed: true, code: e.code, message: e.message };
+          return skipStep(
+            `the source machine '${machine.name}' could not be shut down (${e.code}: ${e.message}); the failover goes on`,
+            { machine: machine.name, failed: true, code: e.code, message: e.message },
+          );
         }
       },
     },
@@ -534,7 +533,10 @@ function failoverSteps(deps: WorkflowDeps, planned: boolean): StepDefinition<Fai
           // The source site may be gone: the recovery side stops receiving at the exposure.
           if (err instanceof Error && err.name === 'JobAbortedError') throw err;
           const e = toOsrError(err);
-          return { skipped: true, code: e.code, reason: e.message };
+          return skipStep(
+            `the source site did not stop replication (${e.code}: ${e.message}); the recovery site stops receiving when it exposes the disks`,
+            { code: e.code },
+          );
         }
       },
     });
@@ -782,9 +784,9 @@ function commitJob(deps: WorkflowDeps): JobDefinition<ItemOpInput> {
         name: 'Delete the machine at the recovery site',
         async run(ctx) {
           const item = await heldItem(deps, ctx.input.itemId, ctx.job.id);
-          if (!item.reversed) return { skipped: true, reason: 'not a failback' };
+          if (!item.reversed) return skipStep('not a failback: the failed-over machine is the one that runs');
           const m = await findMachineById(deps.store, item.machineId);
-          if (m === undefined) return { skipped: true, reason: 'already gone' };
+          if (m === undefined) return skipStep('the machine at the recovery site is already gone');
           await command(deps, ctx, item.sourceSiteId, 'replication.stop', { itemId: item.id }, 'stop');
           await command(deps, ctx, item.sourceSiteId, 'machine.powerOff', { name: m.name }, 'off').catch(
             (err: unknown) => {
@@ -884,7 +886,7 @@ function cancelFailoverJob(deps: WorkflowDeps): JobDefinition<ItemOpInput> {
       async run(ctx) {
         const item = await heldItem(deps, ctx.input.itemId, ctx.job.id);
         const m = await cancelledMachine(deps, ctx, item);
-        if (m === undefined) return { skipped: true, reason: 'no machine was created' };
+        if (m === undefined) return skipStep('the failover created no machine at the target');
         await command(deps, ctx, item.targetSiteId, 'machine.powerOff', { name: m.name }).catch(
           (err: unknown) => {
             if (!isAbsent(err)) throw err;
@@ -903,7 +905,7 @@ function cancelFailoverJob(deps: WorkflowDeps): JobDefinition<ItemOpInput> {
           purpose: 'failover',
           snapshot: PRE_POWER_ON_SNAPSHOT,
         }).catch((err: unknown) => {
-          if (isAbsent(err)) return { skipped: true, reason: 'no snapshot was taken' };
+          if (isAbsent(err)) return skipStep('the failover took no snapshot of the target disks');
           throw err;
         });
       },
@@ -913,9 +915,8 @@ function cancelFailoverJob(deps: WorkflowDeps): JobDefinition<ItemOpInput> {
       async run(ctx) {
         const item = await heldItem(deps, ctx.input.itemId, ctx.job.id);
         const m = await cancelledMachine(deps, ctx, item);
-        if (m === undefined) return { skipped: true, reason: 'no machine was created' };
-        if (item.reversed)
-          return { skipped: true, reason: 'the original machine stays; its disks are detached' };
+        if (m === undefined) return skipStep('the failover created no machine at the target');
+        if (item.reversed) return skipStep('a failback keeps the original machine; its disks are detached');
         await command(deps, ctx, item.targetSiteId, 'machine.delete', { name: m.name, deleteDisks: false });
         if (m.id !== null) await forgetMachine(deps, m.id);
         return { deleted: m.name };

@@ -467,8 +467,19 @@ void test('the failover lifecycle from the CLI: drill, failover, change point, c
       assert.ok(k in failedOver, k);
     await waited(['change-point', 'db', '--point', 'latest-processed']);
     failsWith(await world.osr(['cancel-failover', 'db']), 'CANCEL_FAILOVER_NOT_ALLOWED');
-    await waited(['commit', 'db']);
+    const committed = await waited(['commit', 'db']);
     assert.equal((await show()).protectionState, 'FailoverCommitted');
+    // A step with nothing to do is Skipped with its reason: in the followed lines, job show and its JSON.
+    assert.match(committed, /Delete the machine at the recovery site: Skipped \([^)]*\) — not a failback/);
+    const commitJob = (await world.json<Page<Job>>(['job', 'list', '--type', 'CommitFailover'])).items[0];
+    assert.ok(commitJob);
+    const skippedStep = commitJob.steps.find((st) => st.state === 'Skipped');
+    assert.equal(skippedStep?.name, 'Delete the machine at the recovery site');
+    assert.match(skippedStep?.skipReason ?? '', /^not a failback/);
+    assert.match(
+      ok(await world.osr(['job', 'show', commitJob.id])),
+      /^Step 3 \(Delete the machine at the recovery site\) skipped: not a failback/m,
+    );
 
     const preview = ok(await world.osr(['reprotect', 'db', '--preview']));
     assert.match(preview, /recovery → primary/);

@@ -328,13 +328,18 @@ for (const dialect of dialects()) {
             : undefined;
         const job = await run(env, 'UnplannedFailover', { shutdownSource: true, point: 'latest-processed' });
         assert.equal(job.state, 'Succeeded', JSON.stringify(job.error));
+        // Neither step did its work: both say so as Skipped, with why.
+        assert.equal(job.steps[1]?.state, 'Skipped');
+        assert.match(job.steps[1]?.skipReason ?? '', /could not be shut down \(MACHINE_NOT_RUNNING/);
         assert.deepEqual(job.steps[1]?.output, {
           machine: 'web',
           failed: true,
           code: 'MACHINE_NOT_RUNNING',
           message: 'web does not respond',
         });
-        assert.equal((job.steps[2]?.output as { skipped: boolean }).skipped, true);
+        assert.equal(job.steps[2]?.state, 'Skipped');
+        assert.match(job.steps[2]?.skipReason ?? '', /did not stop replication \(MACHINE_NOT_RUNNING/);
+        assert.deepEqual(job.steps[2]?.output, { code: 'MACHINE_NOT_RUNNING' });
         assert.equal(
           (job.steps[3]?.output as { how: string }).how,
           'existing',
@@ -452,7 +457,19 @@ for (const dialect of dialects()) {
           type: 'app-consistent',
           groupPointId: null,
         });
-        assert.equal((await run(env, 'UnplannedFailover', {})).state, 'Succeeded');
+        const failover = await run(env, 'UnplannedFailover', {});
+        assert.equal(failover.state, 'Succeeded');
+        // Without --shutdown-source the shut-down step says it was skipped, and why; nothing was sent.
+        assert.deepEqual(
+          failover.steps.slice(1, 3).map((s) => [s.name, s.state]),
+          [
+            ['Shut down the source machine', 'Skipped'],
+            ['Stop replication', 'Succeeded'],
+          ],
+        );
+        assert.match(failover.steps[1]?.skipReason ?? '', /not requested/);
+        assert.ok(!sent(env).includes('primary:machine.shutdown'));
+        assert.ok(failover.steps.every((s) => (s.state === 'Skipped') === (s.skipReason !== null)));
         env.seen.length = 0;
         await assert.rejects(
           env.workflows.operate(env.vaultId, 'web', 'ChangePit', { point: 'gone' }),
@@ -475,6 +492,9 @@ for (const dialect of dialects()) {
         const commit = await run(env, 'Commit');
         assert.equal(commit.state, 'Succeeded', JSON.stringify(commit.error));
         assert.deepEqual(sent(env), ['recovery:replica.commit']);
+        const deleteStep = commit.steps.find((s) => s.name === 'Delete the machine at the recovery site');
+        assert.equal(deleteStep?.state, 'Skipped');
+        assert.match(deleteStep?.skipReason ?? '', /not a failback/);
         const points = await env.store.points.list(item.id);
         assert.deepEqual(
           points.items.map((p) => p.id),

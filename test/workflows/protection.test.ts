@@ -187,7 +187,17 @@ for (const dialect of dialects())
         const disable = await env.workflows.operate(env.vaultId, 'web', 'DisableProtection', {
           deleteReplica: false,
         });
-        assert.equal((await jobEnded(env.store, disable.id)).state, 'Succeeded');
+        const ended = await jobEnded(env.store, disable.id);
+        assert.equal(ended.state, 'Succeeded');
+        assert.deepEqual(
+          ended.steps.map((s) => [s.name, s.state]),
+          [
+            ['Stop replication', 'Succeeded'],
+            ['Delete replica', 'Skipped'],
+            ['Remove protection', 'Succeeded'],
+          ],
+        );
+        assert.match(ended.steps[1]?.skipReason ?? '', /replica is kept/);
         assert.deepEqual(
           env.seen.map((c) => c.type),
           ['replication.stop'],

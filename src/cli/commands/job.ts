@@ -32,7 +32,7 @@ export function parseStates(values: readonly string[]): JobState[] {
   return states;
 }
 
-/** Prints a job for people: summary, steps table, errors with causes and action, waiting, comments. */
+/** Prints a job for people: summary, steps table, why steps were skipped, errors with causes and action, waiting, comments. */
 export function printJob(out: Output, job: Job): void {
   out.fields([
     ['job', job.id],
@@ -61,6 +61,11 @@ export function printJob(out: Output, job: Job): void {
     { header: 'progress', value: (s) => (s.progress === null ? null : `${s.progress}%`) },
     { header: 'error', value: (s) => s.error?.code },
   ]);
+  const skipped = job.steps.filter((s) => s.state === 'Skipped' && s.skipReason !== null);
+  if (skipped.length > 0) {
+    out.line();
+    for (const s of skipped) out.line(`Step ${s.index + 1} (${s.name}) skipped: ${s.skipReason}`);
+  }
   for (const s of job.steps) {
     if (!s.error) continue;
     out.line();

@@ -39,7 +39,8 @@ function toJob(r: JobsTable): Job {
     targetName: r.target_name,
     state: r.state as JobState,
     input: fromJson<unknown>(r.input),
-    steps: fromJsonRequired<JobStep[]>(r.steps),
+    // Steps stored before `skipReason` existed lack it.
+    steps: fromJsonRequired<JobStep[]>(r.steps).map((s) => ({ ...s, skipReason: s.skipReason ?? null })),
     error: fromJson<JobError>(r.error),
     waiting: fromJson<JobWaiting>(r.waiting),
     comments: fromJsonRequired<Comment[]>(r.comments),
@@ -62,6 +63,7 @@ function newStep(index: number, name: string): JobStep {
     endedAt: null,
     progress: null,
     error: null,
+    skipReason: null,
     output: null,
   };
 }
@@ -180,6 +182,7 @@ export class KyselyJobRepository implements JobRepository {
       if (patch.endedAt !== undefined) step.endedAt = isoTimeOrNull(patch.endedAt, 'endedAt');
       if (patch.progress !== undefined) step.progress = patch.progress;
       if (patch.error !== undefined) step.error = patch.error;
+      if (patch.skipReason !== undefined) step.skipReason = patch.skipReason;
       if ('output' in patch) step.output = patch.output ?? null;
       await tx.db
         .updateTable('jobs')
