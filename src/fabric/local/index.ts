@@ -6,6 +6,7 @@
  * (8038), a machine of that name already there (78052), machine not running or not
  * responding (78093), datastore not reachable from the host (8061).
  */
+import { randomUUID } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { access, mkdir, open, readFile, readdir, rm, stat } from 'node:fs/promises';
 import * as net from 'node:net';
@@ -32,12 +33,13 @@ import {
 } from './machines.js';
 import type { DiskExposureRef, LocalNic, MachineConfig } from './machines.js';
 import type { BlockBackend } from '../../dataplane/nbd/backend.js';
-import { adoptProcess, startProcess } from './runtime-process.js';
+import { adoptProcess, findProcessByToken, startProcess } from './runtime-process.js';
 import type { RunningProcess } from './runtime-process.js';
 import { qemuAvailable, startQemu, stopQemu } from './runtime-qemu.js';
 import { SITE_FILE, datastoreFolder, isContainerSynced, loadSiteConfig } from './site.js';
 import type { SiteConfig } from './site.js';
 import { FabricState } from './state.js';
+import type { MachineRuntimeState } from './state.js';
 
 export * from './machines.js';
 export * from './site.js';
@@ -113,6 +115,14 @@ interface Entry {
   diskError: OsrError | undefined;
   proc: RunningProcess | undefined;
 }
+
+/** The state fields of a machine process, cleared once it ended. */
+const NO_PROCESS = {
+  pid: undefined,
+  argv: undefined,
+  startTime: undefined,
+  token: undefined,
+} satisfies Partial<MachineRuntimeState>;
 
 /** The default argv for `osr`: this node and the repository's bin/osr.js. */
 export function defaultOsrCommand(): string[] {
@@ -445,17 +455,23 @@ export class LocalFabric implements FabricDriver {
     }
   }
 
+  /**
+   * Adopts the machine processes a previous agent left running (recognised by pid, start time and start
+   * token, never by pid alone) and powers on the machines that should run and do not.
+   */
   async #resume(): Promise<void> {
     for (const [name, e] of this.#entries) {
       const st = this.#state.get(name);
-      if (st?.pid !== undefined && st.argv !== undefined) {
-        const proc = adoptProcess(st.pid, st.argv);
+      if (st?.pid !== undefined || st?.token !== undefined) {
+        const proc = this.#adopt(st);
         if (proc !== undefined) {
           this.#attach(name, e, proc);
-          this.#o.log.info({ machine: name, pid: st.pid }, 'adopted the running machine');
+          // Found by its token alone: the previous agent died before it recorded the pid.
+          if (st.pid === undefined) await this.#state.update(name, proc.identity);
+          this.#o.log.info({ machine: name, pid: proc.pid }, 'adopted the running machine');
           continue;
         }
-        await this.#state.update(name, { pid: undefined, argv: undefined });
+        await this.#state.update(name, NO_PROCESS);
       }
       const wanted = st?.desired === 'Running' || (e.config.autostart && st?.desired !== 'Stopped');
       if (this.#o.autostart && wanted) {
@@ -469,6 +485,20 @@ export class LocalFabric implements FabricDriver {
     }
   }
 
+  /** The recorded machine process when it still runs: by its pid, or (pid never recorded) by its start token. */
+  #adopt(st: MachineRuntimeState): RunningProcess | undefined {
+    if (st.pid !== undefined) {
+      return adoptProcess({
+        pid: st.pid,
+        argv: st.argv ?? [],
+        ...(st.startTime === undefined ? {} : { startTime: st.startTime }),
+        ...(st.token === undefined ? {} : { token: st.token }),
+      });
+    }
+    const found = st.token === undefined ? undefined : findProcessByToken(st.token);
+    return found === undefined ? undefined : adoptProcess(found);
+  }
+
   #attach(name: string, e: Entry, proc: RunningProcess): void {
     e.proc = proc;
     void proc.exited
@@ -477,7 +507,7 @@ export class LocalFabric implements FabricDriver {
         e.proc = undefined;
         if (!this.#closed) {
           this.#o.log.info({ machine: name, code, signal }, 'machine stopped');
-          await this.#state.update(name, { pid: undefined, argv: undefined });
+          await this.#state.update(name, NO_PROCESS);
         }
         this.#emit();
       })
@@ -623,9 +653,12 @@ export class LocalFabric implements FabricDriver {
             { details: { host: m.host, freeMemoryMb: free, requiredMemoryMb: m.memoryMb, machine: m.name } },
           );
         }
-        const proc = await this.#start(e);
+        // The token is durable before the process exists: an agent killed before it records the pid still finds it.
+        const token = randomUUID();
+        await this.#state.update(name, { ...NO_PROCESS, token });
+        const proc = await this.#start(e, token);
         this.#attach(name, e, proc);
-        await this.#state.update(name, { desired: 'Running', pid: proc.pid, argv: proc.argv });
+        await this.#state.update(name, { desired: 'Running', ...proc.identity });
         await this.#checkStarted(e, proc);
         this.#emit();
         return this.#view(e);
@@ -661,7 +694,7 @@ export class LocalFabric implements FabricDriver {
     return join(this.stateDir, 'machines', `${name}.qmp`);
   }
 
-  async #start(e: Entry): Promise<RunningProcess> {
+  async #start(e: Entry, token: string): Promise<RunningProcess> {
     const m = e.config;
     if (m.runtime === 'qemu') {
       if (!qemuAvailable()) {
@@ -680,7 +713,7 @@ export class LocalFabric implements FabricDriver {
         exportName: d.exportName,
       }));
       await rm(this.#qmpSocket(m.name), { force: true });
-      return startQemu(m, disks, this.#qmpSocket(m.name), this.#logFile(m.name));
+      return startQemu(m, disks, this.#qmpSocket(m.name), this.#logFile(m.name), token);
     }
     const st = this.#state.get(m.name);
     const httpPort = m.httpPort ?? st?.httpPort ?? (await freePort('127.0.0.1'));
@@ -716,6 +749,7 @@ export class LocalFabric implements FabricDriver {
       env,
       logFile: this.#logFile(m.name),
       cwd: join(this.siteDir, MACHINES_DIR, m.name),
+      token,
     });
   }
 
@@ -756,7 +790,7 @@ export class LocalFabric implements FabricDriver {
       this.#emit();
       const failed = await recorded;
       if (failed !== undefined) throw failed;
-      await this.#state.update(name, { pid: undefined, argv: undefined });
+      await this.#state.update(name, NO_PROCESS);
       return this.#view(e);
     });
   }

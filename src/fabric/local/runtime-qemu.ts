@@ -114,14 +114,21 @@ export async function qmp(socketPath: string, commands: string[], timeoutMs = 50
   });
 }
 
-/** Starts the VM; its stdout/stderr go to `logFile`. */
+/** Starts the VM (with start token `token` in its environment); its stdout/stderr go to `logFile`. */
 export function startQemu(
   m: MachineConfig,
   disks: QemuDisk[],
   qmpSocket: string,
   logFile: string,
+  token?: string,
 ): Promise<RunningProcess> {
-  return startProcess({ machine: m.name, argv: qemuArgv(m, disks, qmpSocket), env: {}, logFile });
+  return startProcess({
+    machine: m.name,
+    argv: qemuArgv(m, disks, qmpSocket),
+    env: {},
+    logFile,
+    ...(token === undefined ? {} : { token }),
+  });
 }
 
 /** Graceful shutdown over QMP (ACPI power button), forced with SIGKILL after `timeoutMs`. */

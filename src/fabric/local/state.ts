@@ -2,8 +2,9 @@
  * What the local driver remembers between agent runs, per machine, in
  * `<stateDir>/fabric-state.json`: the power state the operator asked for (so a
  * restarted agent brings running machines back), the ports of its disks and status,
- * the process it runs (to adopt after a hard agent kill), and the command that created
- * it (so a redelivered `machine.create` is recognised).
+ * the process it runs and how to recognise it (pid, start time, start token: to adopt it
+ * after a hard agent kill), and the command that created it (so a redelivered
+ * `machine.create` is recognised).
  */
 import { mkdir, readFile, rename, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,8 +15,13 @@ export interface MachineRuntimeState {
   desired?: 'Running' | 'Stopped';
   nbdPort?: number;
   httpPort?: number;
+  /** The machine process: pid, command line, start time and start token (see `ProcessIdentity`). */
   pid?: number;
   argv?: string[];
+  startTime?: string;
+  /** Recorded before the process is spawned, so a process whose pid never got recorded is still found. */
+  token?: string;
+  /** Id of the `machine.create` command that made the machine; recorded before machine.json is written. */
   createdBy?: string;
 }
 
