@@ -621,8 +621,18 @@ export class SiteAgent {
       const report = this.replication.report?.();
       if (report !== undefined && report.items.length > 0) {
         try {
-          await this.#client.replicationStatus({ items: report.items }, signal);
+          const { rejected } = await this.#client.replicationStatus({ items: report.items }, signal);
           report.delivered();
+          for (const r of rejected) {
+            if (r.code !== 'NOT_FOUND') {
+              this.#log.warn(
+                { itemId: r.itemId, code: r.code, err: r.message },
+                'replication status refused',
+              );
+              continue;
+            }
+            await this.replication.forget?.(r.itemId);
+          }
           backoff.reset();
           this.#markReachable();
         } catch (err) {

@@ -134,8 +134,16 @@ export class ControlPlaneClient {
     return this.#call('POST', `/agent/commands/${encodeURIComponent(id)}/result`, outcome, { signal });
   }
 
-  async replicationStatus(body: { items: unknown[] }, signal?: AbortSignal): Promise<void> {
-    await this.#call('POST', '/agent/replication-status', body, { signal });
+  /** Reports replication status; answers the items the control plane refused (e.g. NOT_FOUND: no such item). */
+  async replicationStatus(
+    body: { items: unknown[] },
+    signal?: AbortSignal,
+  ): Promise<{ rejected: { itemId: string; code: string; message: string }[] }> {
+    const r = await this.#call<{ rejected?: unknown }>('POST', '/agent/replication-status', body, { signal });
+    const rejected = Array.isArray(r?.rejected)
+      ? (r.rejected as { itemId: string; code: string; message: string }[])
+      : [];
+    return { rejected: rejected.filter((x) => typeof x?.itemId === 'string' && typeof x.code === 'string') };
   }
 
   peer(

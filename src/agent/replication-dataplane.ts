@@ -317,6 +317,8 @@ export class DataPlaneReplicationService implements ReplicationService {
   #fabric: FabricDriver | undefined;
   readonly #sources = new Map<string, SourceGroup>();
   readonly #replicas = new Map<string, ReplicaEntry>();
+  /** Replicas of items the control plane no longer knows: kept on disk, not reported (`forget`). */
+  readonly #forgotten = new Set<string>();
   #identity: AgentTlsIdentity;
   /** One receiver per replication port in use, all on the data address's host. */
   readonly #receivers = new Map<number, ReplicationReceiver>();
@@ -550,6 +552,7 @@ export class DataPlaneReplicationService implements ReplicationService {
       const policy = parsePolicy(p.policy);
       const auth = parseAuth(p.auth);
       const existing = this.#replicas.get(itemId);
+      this.#forgotten.delete(itemId);
       const keep = p.resync === true || p.replicaExists === true;
       if (
         existing !== undefined &&
@@ -617,6 +620,7 @@ export class DataPlaneReplicationService implements ReplicationService {
         );
       }
       this.#replicas.delete(from);
+      this.#forgotten.delete(from);
       await kept.store.close();
       await rename(this.#replicaDir(from), this.#replicaDir(itemId));
       this.#log.info({ itemId, from, machine: machine.name }, 'kept replica registered for the item');
@@ -863,6 +867,20 @@ export class DataPlaneReplicationService implements ReplicationService {
       peer: this.#targetOf(g.record).address,
       initialReplication: g.record.policy.initialReplication.mode,
     };
+  }
+
+  async forget(itemId: string): Promise<void> {
+    if (this.#sources.has(itemId)) {
+      this.#log.warn({ itemId }, 'the control plane no longer knows this item; replication stopped');
+      await this.stopReplication({ itemId });
+    }
+    if (this.#replicas.has(itemId) && !this.#forgotten.has(itemId)) {
+      this.#log.warn(
+        { itemId },
+        'the control plane no longer knows this item; its replica is kept (protect --replica-exists uses it)',
+      );
+      this.#forgotten.add(itemId);
+    }
   }
 
   async stopReplication(p: { itemId: string }): Promise<unknown> {
@@ -1228,6 +1246,7 @@ export class DataPlaneReplicationService implements ReplicationService {
       });
     }
     for (const e of this.#replicas.values()) {
+      if (this.#forgotten.has(e.record.itemId)) continue;
       let status;
       try {
         status = e.store.status();

@@ -88,6 +88,11 @@ export interface ReplicationService {
   resume(): Promise<void>;
   /** The status to report to the control plane now (absent: the service reports nothing). */
   report?(): ReplicationReport;
+  /**
+   * The control plane no longer knows the item (its report was rejected with NOT_FOUND, e.g. protection was
+   * disabled while this agent was away): stop shipping it, and stop reporting a replica of it (kept on disk).
+   */
+  forget?(itemId: string): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -445,3 +445,41 @@ void test(
     });
   },
 );
+
+void test(
+  'an item removed while its source agent was away: back, the agent stops shipping it',
+  { timeout: 240_000 },
+  async () => {
+    const w = await startWorld({ heartbeatTimeoutMs: 5000 });
+    worlds.push(w);
+    const s = await sites(w);
+    await withLogs(s, async () => {
+      const itemId = await protectWeb(w);
+      await waitProtected(w, itemId);
+      const journal = join(s.primaryData, 'replication', itemId);
+      assert.ok(existsSync(journal));
+      await s.primary.stop('SIGKILL');
+      await waitUntil('the primary agent to count as disconnected', async () =>
+        (await w.agents()).some((a) => a.connection === 'Disconnected'),
+      );
+      // Forced: the source's clean-up is skipped because its agent is away.
+      const un = await w.api('POST', `/vaults/default/items/${itemId}/unprotect`, {
+        deleteReplica: true,
+        force: true,
+      });
+      assert.ok(un.status < 300, JSON.stringify(un.body));
+      await waitUntil('protection disabled', async () => {
+        const r = await w.api('GET', `/vaults/default/items/${itemId}`);
+        return r.status === 404;
+      });
+      assert.ok(existsSync(journal), 'the journal is still there while its agent is away');
+      s.primary = await restartAgent(w, s, 'primary');
+      await waitUntil(
+        'the returning agent to stop shipping the removed item',
+        () => !existsSync(journal),
+        60_000,
+      );
+      await s.primary.waitFor(/no longer knows this item; replication stopped/);
+    });
+  },
+);
