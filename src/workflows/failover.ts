@@ -448,8 +448,59 @@ function testFailoverJob(deps: WorkflowDeps): JobDefinition<FailoverInput & Item
       },
       ...cleanupSteps(deps),
     ],
-    onEnd: (job) => releaseOnFailure(deps, 'TestFailover', job),
+    onEnd: (job) =>
+      job.state === 'Cancelled'
+        ? cleanUpCancelledTest(deps, job)
+        : releaseOnFailure(deps, 'TestFailover', job),
   };
+}
+
+/**
+ * A cancelled test failover (R-TF-2) hands its item to a "Test failover cleanup" job
+ * that deletes whatever the test created, as `osr test-cleanup` would. The job id
+ * derives from the test job's, so a hook that runs again finds the same job.
+ */
+async function cleanUpCancelledTest(deps: WorkflowDeps, job: Job): Promise<void> {
+  const input = job.input as FailoverInput;
+  const cleanupId = uuidFromKey(`${job.id}:cancel-cleanup`);
+  const item = await deps.store.items.getById(input.itemId).catch((err: unknown) => {
+    if (err instanceof OsrError && err.code === 'NOT_FOUND') return undefined;
+    throw err;
+  });
+  if (item === undefined) return;
+  if (item.currentJobId === job.id) {
+    await updateHeld(deps.store, item.id, job.id, {
+      testFailoverState: 'CleanupInProgress',
+      currentJobId: cleanupId,
+    });
+  } else if (item.currentJobId !== cleanupId) {
+    return;
+  }
+  if ((await deps.store.jobs.find(cleanupId)) !== undefined) return;
+  const cleanupInput: ItemOpInput = {
+    itemId: item.id,
+    accepted: input.accepted,
+    testJobId: job.id,
+    notes: 'The test failover was cancelled.',
+  };
+  await deps.engine.submit({
+    id: cleanupId,
+    type: TEST_FAILOVER_CLEANUP,
+    vaultId: item.vaultId,
+    targetKind: 'protectedItem',
+    targetId: item.id,
+    targetName: item.name,
+    input: cleanupInput,
+  });
+  await deps.store.events.add({
+    vaultId: item.vaultId,
+    severity: 'Info',
+    kind: 'TestFailoverCancelled',
+    targetId: item.id,
+    message: `Test failover of '${item.name}' was cancelled; cleanup job ${cleanupId} deletes what it created.`,
+    details: { testJobId: job.id, cleanupJobId: cleanupId },
+    time: deps.clock.now().toISOString(),
+  });
 }
 
 function testCleanupJob(deps: WorkflowDeps): JobDefinition<FailoverInput & ItemOpInput> {

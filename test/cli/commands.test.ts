@@ -451,6 +451,22 @@ void test('the failover lifecycle from the CLI: drill, failover, change point, c
     await waited(['test-cleanup', 'db', '--notes', 'prefix intact']);
     assert.equal((await show()).testFailoverState, 'None');
 
+    // A drill cancelled with `job cancel` ends Cancelled and a cleanup job deletes what it created (R-TF-2).
+    const second = await world.json<Job>(['failover', 'db', '--type', 'test', '--network', 'none', '--wait']);
+    assert.equal(second.state, 'WaitingForAction');
+    const cancelText = ok(await world.osr(['job', 'cancel', second.id]));
+    assert.match(cancelText, new RegExp(`^Job ${second.id} cancelled$`, 'm'));
+    assert.match(cancelText, /Test failover cleanup job then deletes what the test created/);
+    for (let i = 0; ; i++) {
+      const v = await show();
+      if (v.testFailoverState === 'None' && v.allowedOperations.includes('TestFailover')) break;
+      assert.ok(i < 200, `the cancelled drill was not cleaned up: ${JSON.stringify(v)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal((await world.json<Job>(['job', 'show', second.id])).state, 'Cancelled');
+    const cleanups = await world.json<Page<Job>>(['job', 'list', '--type', 'TestFailoverCleanup']);
+    assert.equal(cleanups.items[0]?.state, 'Succeeded');
+
     await waited([
       'failover',
       'db',

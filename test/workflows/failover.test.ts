@@ -205,6 +205,91 @@ for (const dialect of dialects()) {
       }
     });
 
+    it('cancelling a test failover waiting for cleanup ends it Cancelled and a cleanup job deletes what it created (R-TF-2)', async () => {
+      const env = await setup({ dialect });
+      try {
+        await protectWeb(env);
+        const job = await run(env, 'TestFailover', {});
+        assert.equal(job.state, 'WaitingForAction');
+        const item = await env.store.items.get(env.vaultId, 'web');
+        assert.ok(await env.store.machines.find(env.recoverySiteId, 'web-test'));
+        env.seen.length = 0;
+        const cancelled = await env.workflows.cancelJob(job.id, false);
+        assert.equal(cancelled.state, 'Cancelled');
+        const cleanup = await waitUntil('the cleanup job', async () => {
+          const page = await env.store.jobs.list({ targetId: item.id, type: 'TestFailoverCleanup' });
+          return page.items[0];
+        });
+        assert.equal(cleanup.displayName, 'Test failover cleanup');
+        const done = await jobEnded(env.store, cleanup.id);
+        assert.equal(done.state, 'Succeeded', JSON.stringify(done.error));
+        assert.deepEqual(sent(env), [
+          'recovery:machine.powerOff',
+          'recovery:machine.delete',
+          'recovery:replica.release',
+        ]);
+        assert.equal(payloadOf(env, 'machine.delete')['name'], 'web-test');
+        assert.deepEqual(payloadOf(env, 'replica.release'), {
+          itemId: item.id,
+          purpose: 'test',
+          resumeReceiving: false,
+        });
+        assert.equal((await env.store.jobs.get(job.id)).state, 'Cancelled');
+        assert.equal(await env.store.machines.find(env.recoverySiteId, 'web-test'), undefined);
+        const view = await env.workflows.describeItem(env.vaultId, 'web');
+        assert.equal(view.testFailoverState, 'None');
+        assert.equal(view.currentJobId, null);
+        assert.equal(view.testFailover, null);
+        assert.ok(view.allowedOperations.includes('TestFailover'));
+        const events = await env.store.events.list(env.vaultId, {});
+        assert.ok(events.items.some((e) => e.kind === 'TestFailoverCancelled' && e.targetId === item.id));
+
+        const again = await run(env, 'TestFailover', {});
+        assert.equal(again.state, 'WaitingForAction', JSON.stringify(again.error));
+      } finally {
+        await env.stop();
+      }
+    });
+
+    it('cancelling a running test failover stops it and a cleanup job removes the test machine and the exposure', async () => {
+      const env = await setup({ dialect });
+      try {
+        await protectWeb(env);
+        env.script = (c) => (c.type === 'machine.powerOn' ? 'hold' : undefined);
+        const job = await env.workflows.operate(env.vaultId, 'web', 'TestFailover', {});
+        await waitUntil('power-on sent', () => Promise.resolve(env.held.length > 0 ? true : undefined));
+        assert.equal((await env.store.jobs.get(job.id)).state, 'InProgress');
+        env.script = () => undefined;
+        env.seen.length = 0;
+        await env.workflows.cancelJob(job.id, false);
+        const ended = await jobEnded(env.store, job.id);
+        assert.equal(ended.state, 'Cancelled');
+        assert.equal(ended.steps.find((s) => s.name === 'Start the test machine')?.state, 'Cancelled');
+        const item = await waitUntil('the item to be released', async () => {
+          const i = await env.store.items.get(env.vaultId, 'web');
+          return i.currentJobId === null ? i : undefined;
+        });
+        assert.equal(item.testFailoverState, 'None');
+        const cleanup = (await env.store.jobs.list({ targetId: item.id, type: 'TestFailoverCleanup' })).items;
+        assert.equal(cleanup.length, 1);
+        assert.equal(cleanup[0]?.state, 'Succeeded');
+        assert.deepEqual(sent(env), [
+          'recovery:machine.powerOff',
+          'recovery:machine.delete',
+          'recovery:replica.release',
+        ]);
+        assert.equal(payloadOf(env, 'machine.delete')['name'], 'web-test');
+        assert.equal(await env.store.machines.find(env.recoverySiteId, 'web-test'), undefined);
+        assert.ok(
+          (await env.workflows.describeItem(env.vaultId, 'web')).allowedOperations.includes('TestFailover'),
+        );
+        const again = await run(env, 'TestFailover', {});
+        assert.equal(again.state, 'WaitingForAction', JSON.stringify(again.error));
+      } finally {
+        await env.stop();
+      }
+    });
+
     it('unplanned failover at Latest with source shut-down: mapped network, replication stopped, FailedOver', async () => {
       const env = await setup({ dialect });
       try {

@@ -181,7 +181,9 @@ export function registerJobCommands(program: Command): void {
 
   job
     .command('cancel')
-    .description('cancel a job (an unplanned failover needs --force)')
+    .description(
+      'cancel a job (an unplanned failover needs --force; a cancelled test failover is cleaned up automatically)',
+    )
     .argument('<id>', 'job id')
     .option('--force', 'cancel even when the item will then need repair')
     .action(async (id: string, opts: { force?: boolean }, cmd: Command) => {
@@ -194,6 +196,11 @@ export function registerJobCommands(program: Command): void {
             ? `Job ${id} cancelled`
             : `Cancel requested for job ${id}; it stops at the next step boundary (osr job watch ${id})`,
         );
+        if (j.type === 'TestFailover') {
+          out.line(
+            `A Test failover cleanup job then deletes what the test created (osr job list --target ${j.targetId ?? '?'} --type TestFailoverCleanup)`,
+          );
+        }
       });
     });
 
