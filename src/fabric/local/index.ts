@@ -817,11 +817,11 @@ export class LocalFabric implements FabricDriver {
     const created = await this.#withLock('site', async () => {
       const existing = this.#entries.get(spec.name);
       const folderExists = await exists(join(this.siteDir, MACHINES_DIR, spec.name));
-      if (existing !== undefined || folderExists) {
-        const st = this.#state.get(spec.name);
-        if (existing !== undefined && spec.requestId !== undefined && st?.createdBy === spec.requestId) {
-          return existing;
-        }
+      const before = this.#state.get(spec.name);
+      // The same command again (redelivered after the agent died in it): what it made is its own.
+      const again = spec.requestId !== undefined && before?.createdBy === spec.requestId;
+      if (again && existing !== undefined) return existing;
+      if (!again && (existing !== undefined || folderExists)) {
         throw new OsrError(
           'MACHINE_NAME_CONFLICT',
           `a machine named '${spec.name}' already exists on this site${existing ? ` (host '${existing.config.host}')` : ''}`,
@@ -863,24 +863,40 @@ export class LocalFabric implements FabricDriver {
         this.#site,
       );
       await this.#checkDatastores(config, config.host);
+      const images: { image: string; source: string | undefined; sizeBytes: number }[] = [];
       for (const [i, d] of config.disks.entries()) {
         const ds = this.#site.datastores.find((x) => x.name === d.datastore);
         if (ds === undefined) throw notFound('datastore', d.datastore);
         if (d.exposure !== undefined) continue;
         const image = join(datastoreFolder(this.siteDir, ds), d.path);
-        const source = spec.disks[i]?.sourceFile;
-        if (await exists(image)) {
+        if (!again && (await exists(image))) {
           throw new OsrError('MACHINE_NAME_CONFLICT', `disk image ${image} already exists`, {
             details: { machine: spec.name, disk: d.id, image },
           });
         }
-        if (source !== undefined) await sparseCopy(source, image, d.sizeBytes);
+        images.push({ image, source: spec.disks[i]?.sourceFile, sizeBytes: d.sizeBytes });
       }
-      await writeMachineConfig(this.siteDir, config);
-      await this.#state.update(spec.name, {
-        desired: 'Stopped',
-        ...(spec.requestId === undefined ? {} : { createdBy: spec.requestId }),
-      });
+      // Durable before anything is made, so a redelivery after a crash from here on knows the leftovers as its own.
+      if (spec.requestId !== undefined && !again) await this.#state.update(spec.name, { createdBy: spec.requestId });
+      const removeImages = async (): Promise<void> => {
+        for (const { image } of images) {
+          await rm(image, { force: true });
+          await rm(image + '.osrmap', { force: true });
+        }
+      };
+      try {
+        // A copy a crashed run of this command began is made again from the start.
+        if (again) await removeImages();
+        for (const { image, source, sizeBytes } of images) {
+          if (source !== undefined) await sparseCopy(source, image, sizeBytes);
+        }
+        await writeMachineConfig(this.siteDir, config);
+      } catch (err) {
+        await removeImages();
+        await this.#state.update(spec.name, { createdBy: before?.createdBy });
+        throw err;
+      }
+      await this.#state.update(spec.name, { desired: 'Stopped' });
       const entry: Entry = { config, servedFor: '', disks: undefined, diskError: undefined, proc: undefined };
       this.#entries.set(config.name, entry);
       await this.#serveDisks(this.#site, entry);
