@@ -619,10 +619,14 @@ export class DataPlaneReplicationService implements ReplicationService {
           { details: { machine: machine.name, keptItem: from } },
         );
       }
+      const committed = kept.store.status().committed !== undefined;
       this.#replicas.delete(from);
       this.#forgotten.delete(from);
       await kept.store.close();
       await rename(this.#replicaDir(from), this.#replicaDir(itemId));
+      // A committed replica (the disks of a machine that failed over here and back) no longer receives: its
+      // bases, the machine's last disks, seed a fresh store.
+      if (committed) await reseedFromBases(join(this.#replicaDir(itemId), 'store'), disks);
       this.#log.info({ itemId, from, machine: machine.name }, 'kept replica registered for the item');
     });
   }
@@ -1163,6 +1167,9 @@ export class DataPlaneReplicationService implements ReplicationService {
           remoteHashes: (diskId, blockSize, offsets) => sender.requestHashes(diskId, blockSize, offsets),
           waitForAck: (seq) => sender.waitForAck(seq, signal),
           signal,
+          onProgress: (p) => {
+            if (r.lastMarker === null) g.copyPercent = (100 * p.blocksDone) / Math.max(1, p.blocksTotal);
+          },
         });
         this.#log.info({ itemId: r.itemId, ...res }, 'resync done');
         r.lastResync = {
@@ -1206,7 +1213,9 @@ export class DataPlaneReplicationService implements ReplicationService {
         points: acked,
         copyFrequencySeconds: r.policy.copyFrequencySeconds,
       });
-      const copying = r.copy.state !== 'done';
+      // A delta start (reprotect to the original location, --replica-exists) counts as the initial replication
+      // until its resync has cut the first point: only then can the item fail over (or fail back).
+      const copying = r.copy.state !== 'done' || (r.lastMarker === null && g.journal.resyncRequired);
       const progress = copying ? Math.min(99, Math.floor(g.copyPercent * 0.99)) : 100;
       let health = st.health;
       let reason = st.healthReason;
@@ -1321,4 +1330,26 @@ export class DataPlaneReplicationService implements ReplicationService {
     this.#replicas.clear();
     if (errors.length > 0) throw errors[0];
   }
+}
+
+/**
+ * Replaces the replica store in `storeDir` by a fresh one whose base images are the old store's (no points, no
+ * history, sequence 0). A crash half-way leaves a store with some bases empty: the block-hash resync that
+ * follows sends what they lack.
+ */
+async function reseedFromBases(storeDir: string, disks: { id: string; sizeBytes: number }[]): Promise<void> {
+  const aside = `${storeDir}.bases`;
+  const image = (dir: string, id: string): string => join(dir, `${encodeURIComponent(id)}.img`);
+  await rm(aside, { recursive: true, force: true });
+  await mkdir(aside, { recursive: true });
+  for (const d of disks) await rename(image(join(storeDir, 'disks'), d.id), image(aside, d.id));
+  await rm(storeDir, { recursive: true, force: true });
+  await (await ReplicaStore.open(storeDir, { disks })).close();
+  for (const d of disks) {
+    const file = image(join(storeDir, 'disks'), d.id);
+    await rename(image(aside, d.id), file);
+    // The allocation map belonged to the empty image: it is rebuilt by a scan.
+    await rm(`${file}.osrmap`, { force: true });
+  }
+  await rm(aside, { recursive: true, force: true });
 }

@@ -110,6 +110,29 @@ void test(
         'the primary machine to append after the failback commit',
         async () => (await ledgerStatusOf(s.primaryData, 'web')).count > atRecoveryShutdown.records + 3,
       );
+
+      // ── the cycle again: the primary machine, unprotected after the failback commit, is protected again;
+      // the recovery site's disks of the machine seed the replica and only the changed blocks are sent ──
+      const policy = (await w.api<{ items: { id: string }[] }>('GET', '/vaults/default/policies')).body
+        .items[0]!;
+      const again = await w.api<{ item: { id: string } }>('POST', '/vaults/default/items', {
+        machine: (await w.api<{ machineId: string }>('GET', `/vaults/default/items/${itemId}`)).body
+          .machineId,
+        policy: policy.id,
+        targetSite: 'recovery',
+        replicaExists: true,
+      });
+      assert.equal(again.status, 202, JSON.stringify(again.body));
+      const protectedAgain = await waitProtected(w, again.body.item.id, 180_000);
+      assert.equal(protectedAgain.replicationHealth, 'Normal');
+      const fwd = JSON.parse(
+        readFileSync(join(s.primaryData, 'replication', again.body.item.id, 'source.json'), 'utf8'),
+      ) as { lastResync?: { bytesCompared: number; bytesSent: number } };
+      assert.ok(fwd.lastResync, 'protected again by comparing block hashes');
+      assert.ok(
+        fwd.lastResync.bytesSent <= diskBytes / 8,
+        `protect again sent ${fwd.lastResync.bytesSent} bytes of ${diskBytes}: only the changed blocks`,
+      );
     });
   },
 );
