@@ -1,7 +1,7 @@
 /**
  * Plays a site agent over the agent protocol for the CLI tests (the real agent is
  * another issue): answers every command as Succeeded (a `replica.point` with a point, a
- * `replica.expose` with each disk's NBD address)
+ * `replica.expose` with each disk's NBD address, a `machine.snapshots` with none)
  * and reports, for each item it is the target of, initial replication done and one
  * recovery point — enough for Enable protection and Reprotect jobs to complete.
  */
@@ -66,7 +66,9 @@ export class FakeAgent {
             ? { sequence: 2, time: new Date().toISOString(), type: 'crash-consistent' }
             : c.type === 'replica.expose'
               ? exposed(c.payload)
-              : {};
+              : c.type === 'machine.snapshots'
+                ? { machine: (c.payload as { name: string }).name, snapshots: [] }
+                : {};
         await this.world.api(
           'POST',
           `/agent/commands/${c.id}/result`,
