@@ -87,6 +87,8 @@ export function commandHandlers(
         guestTools: await fabric.guestToolsState(name),
       };
     },
+    'machine.snapshots': (p) =>
+      fabric.snapshotState(str(fields(p, 'machine.snapshots'), 'name', 'machine.snapshots')),
     'machine.create': (p, ctx) => {
       const o = fields(p, 'machine.create');
       str(o, 'name', 'machine.create');

@@ -38,6 +38,7 @@ void describe('error catalog', () => {
     assert.equal(httpStatusOf('FORBIDDEN'), 403);
     assert.equal(httpStatusOf('NOT_FOUND'), 404);
     assert.equal(httpStatusOf('OPERATION_NOT_ALLOWED'), 409);
+    assert.equal(httpStatusOf('MACHINE_HAS_SNAPSHOTS'), 409);
     assert.equal(httpStatusOf('PAYLOAD_TOO_LARGE'), 413);
     assert.equal(httpStatusOf('AGENT_DISCONNECTED'), 503);
     assert.equal(httpStatusOf('INTERNAL'), 500);

@@ -182,6 +182,13 @@ export const ERROR_CATALOG = {
     possibleCauses: 'A machine with the same name already exists where the replica would be created.',
     recommendedAction: 'Rename or remove the existing machine, or choose another target name, then retry.',
   },
+  MACHINE_HAS_SNAPSHOTS: {
+    kind: 'conflict',
+    possibleCauses:
+      'The machine that would be protected back has snapshots on its host; replication cannot take over disks that snapshots depend on (R-RP-9).',
+    recommendedAction:
+      'Delete or consolidate the machine’s snapshots on the target host, then retry the reprotect.',
+  },
   MACHINE_NOT_RUNNING: {
     kind: 'conflict',
     seedCode: 78093,

@@ -96,7 +96,13 @@ export interface FabricDriver {
   createMachine(spec: MachineCreateSpec): Promise<FabricMachine>;
   /** Deletes a stopped machine (and its disk images when `deleteDisks`); absent is success. */
   deleteMachine(name: string, options?: { deleteDisks?: boolean }): Promise<{ deleted: boolean }>;
+  /**
+   * The snapshots the machine has on its host, running or not (the agent's
+   * `machine.snapshots`; reprotect refuses while there are any, R-RP-9). NOT_FOUND when
+   * there is no such machine.
+   */
   snapshotState(name: string): Promise<SnapshotState>;
+  /** The machine's guest tools state (R-RP-10). NOT_FOUND when there is no such machine. */
   guestToolsState(name: string): Promise<GuestToolsState>;
   /**
    * Routes every mutation of the disk through `observer` from now on (null: back to none).

@@ -15,8 +15,10 @@ import { abortableSleep } from './deps.js';
  * Agent command types the control plane sends (the agent side implements them). The
  * `machine.*` types drive a site's compute: payload `{name}` (shutdown also
  * `timeoutMs`, delete also `deleteDisks`; `machine.check` refuses with
- * MACHINE_NOT_RUNNING unless the machine runs and responds); `machine.create` takes
- * the `MachineCreateSpec` of `src/fabric/driver.ts`.
+ * MACHINE_NOT_RUNNING unless the machine runs and responds; `machine.snapshots`
+ * answers `{machine, snapshots}`, the snapshots the machine has on its host, running
+ * or not, NOT_FOUND when there is no such machine); `machine.create` takes the
+ * `MachineCreateSpec` of `src/fabric/driver.ts`.
  */
 export type AgentCommandType =
   | 'replica.prepare'
@@ -28,7 +30,8 @@ export type AgentCommandType =
   | 'machine.powerOff'
   | 'machine.create'
   | 'machine.delete'
-  | 'machine.check';
+  | 'machine.check'
+  | 'machine.snapshots';
 
 /**
  * The failover-lifecycle commands (docs/agent-protocol.md §8). They are kept apart from

@@ -137,6 +137,21 @@ export async function planReprotect(
   };
 }
 
+/** The snapshot names of an agent's `machine.snapshots` answer; INTERNAL when it is not one. */
+function snapshotsOf(answer: unknown, machine: string): string[] {
+  const list = (answer as { snapshots?: unknown } | null)?.snapshots;
+  if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) {
+    throw new OsrError(
+      'INTERNAL',
+      `the agent's machine.snapshots answer for '${machine}' has no snapshot list`,
+      {
+        details: { machine, answer },
+      },
+    );
+  }
+  return list;
+}
+
 /** The agent of `siteId` as the peer a replica pins. */
 async function peerOf(
   deps: WorkflowDeps,
@@ -175,7 +190,27 @@ export function reprotectJob(deps: WorkflowDeps): JobDefinition<ReprotectInput> 
           });
           const failedOver = await failedOverMachine(deps.store, item);
           const check = await command(deps, ctx, newSource.id, 'machine.check', { name: failedOver.name });
-          return { plan, primaryAgentId: targetAgent.id, machineCheck: check };
+          // R-RP-9: the machine protected back must have no snapshots on its host (an alternate location is a new machine).
+          let snapshots: string[] = [];
+          if (plan.location === 'original') {
+            const state = await command<unknown>(
+              deps,
+              ctx,
+              newTarget.id,
+              'machine.snapshots',
+              { name: plan.machine },
+              'snapshots',
+            );
+            snapshots = snapshotsOf(state, plan.machine);
+            if (snapshots.length > 0) {
+              throw new OsrError(
+                'MACHINE_HAS_SNAPSHOTS',
+                `machine '${plan.machine}' has ${snapshots.length} snapshot(s) on host '${plan.host}' at site '${newTarget.name}' (${snapshots.join(', ')}); reprotect needs none`,
+                { details: { site: newTarget.name, host: plan.host, machine: plan.machine, snapshots } },
+              );
+            }
+          }
+          return { plan, primaryAgentId: targetAgent.id, machineCheck: check, snapshots };
         },
       },
       {

@@ -1,7 +1,7 @@
 /**
  * The site agent as a process (`osr agent`) against a real control plane: registration
  * (valid, unknown, expired key), credential reuse, heartbeat loss and return, inventory
- * sync from the site folder, power operations and the seed errors as commands, the
+ * sync from the site folder, power operations, machine snapshots and the seed errors as commands, the
  * control plane going away (95226) and coming back, the proxy path, and kill -9.
  */
 import { execFile } from 'node:child_process';
@@ -284,6 +284,26 @@ void test('power operations and machine lifecycle run as commands; the seed erro
     78052,
   );
   await expectFailure('c-check-stopped', 'machine.check', { name: 'big' }, 'MACHINE_NOT_RUNNING', 78093);
+
+  // machine.snapshots (R-RP-9): the snapshots the site folder records for a machine, running or not.
+  assert.deepEqual(await expectOk('c-snap-web', 'machine.snapshots', { name: 'web' }), {
+    machine: 'web',
+    snapshots: [],
+  });
+  writeFileSync(
+    bigFile,
+    JSON.stringify({ ...JSON.parse(readFileSync(bigFile, 'utf8')), snapshots: ['before-upgrade'] }),
+  );
+  let probe = 0;
+  const snapped = await waitUntil('the agent to see the snapshot of big', async () => {
+    const r = (await expectOk(`c-snap-big-${probe++}`, 'machine.snapshots', { name: 'big' })) as {
+      snapshots: string[];
+    };
+    return r.snapshots.length > 0 ? r : undefined;
+  });
+  assert.deepEqual(snapped, { machine: 'big', snapshots: ['before-upgrade'] });
+  await expectFailure('c-snap-nobody', 'machine.snapshots', { name: 'nobody' }, 'NOT_FOUND', null);
+  await expectFailure('c-snap-bad', 'machine.snapshots', {}, 'VALIDATION_FAILED', null);
 
   // A running machine that stopped responding (SIGSTOP) is not running for the check either.
   const pid = fabricPid(dataDir, 'web');

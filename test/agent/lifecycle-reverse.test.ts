@@ -1,9 +1,11 @@
 /**
  * The failover lifecycle on real agents and real disks (issue 6), the way back: a ledger machine protected until
- * Protected, a planned failover that loses no record, its commit, reprotect to the original location that sends
+ * Protected, a planned failover that loses no record, its commit, reprotect refused while the original machine has
+ * a snapshot on its host (R-RP-9), reprotect to the original location that sends
  * only the changed blocks, and the failback. Disk contents are read with qemu-img.
  */
-import { readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -74,6 +76,32 @@ void test(
         machine: 'web',
       });
       assert.ok(committed.records > atShutdown.records);
+
+      // ── R-RP-9: while the original machine has a snapshot on its host, reprotect is refused ──
+      const webFile = join(s.primaryDir, 'machines', 'web', 'machine.json');
+      const webConfig = readFileSync(webFile, 'utf8');
+      const primarySnapshots = async (): Promise<string[]> => {
+        const id = randomUUID();
+        await w.enqueue('primary', id, 'machine.snapshots', { name: 'web' });
+        const c = await w.result(id);
+        assert.equal(c.state, 'Succeeded', JSON.stringify(c.error));
+        return (c.result as { snapshots: string[] }).snapshots;
+      };
+      writeFileSync(
+        webFile,
+        JSON.stringify({ ...(JSON.parse(webConfig) as object), snapshots: ['before-failover'] }, null, 2),
+      );
+      await waitUntil('the primary agent to see the snapshot', async () =>
+        (await primarySnapshots()).length > 0 ? true : undefined,
+      );
+      const refusedJob = await operate(w, itemId, 'reprotect', { location: 'original' });
+      const refused = await waitJob(w, refusedJob, ['Failed']);
+      assert.equal(refused.error?.code, 'MACHINE_HAS_SNAPSHOTS', JSON.stringify(refused.error));
+      assert.equal((await itemOf(w, itemId)).protectionState, 'FailoverCommitted');
+      writeFileSync(webFile, webConfig);
+      await waitUntil('the primary agent to see the snapshot deleted', async () =>
+        (await primarySnapshots()).length === 0 ? true : undefined,
+      );
 
       // ── reprotect to the original location: the recovery site's machine replicates back, only changed blocks ──
       const rpJob = await operate(w, itemId, 'reprotect', { location: 'original' });

@@ -432,7 +432,10 @@ void test('the failover lifecycle from the CLI: drill, failover, change point, c
       rpoSeconds: number | null;
       latestPoints: { latest: unknown };
       disks: { nbdUri: string | null }[];
-      testFailover: { machine: { name: string; disks: { nbdUri: string }[] } | null } | null;
+      testFailover: {
+        jobId: string;
+        machine: { name: string; disks: { id: string; nbdUri: string }[] } | null;
+      } | null;
     };
     const show = () => world.json<View>(['item', 'show', 'db']);
 
@@ -447,7 +450,16 @@ void test('the failover lifecycle from the CLI: drill, failover, change point, c
     assert.equal(testing.testFailoverState, 'WaitingForCleanup');
     assert.equal(testing.testFailover?.machine?.name, 'db-test');
     assert.deepEqual(testing.allowedOperations, ['TestFailoverCleanup']);
-    assert.match(ok(await world.osr(['item', 'show', 'db'])), /^test machine:\s+db-test/m);
+    // The test machine's disks with the NBD addresses of the test copy, for qemu-img and the like.
+    const testDisks = testing.testFailover?.machine?.disks ?? [];
+    assert.deepEqual(
+      testDisks.map((d) => d.id),
+      ['disk0'],
+    );
+    assert.match(testDisks[0]?.nbdUri ?? '', /^nbd:\/\/127\.0\.0\.1:10809\/[^/]+-test-disk0$/);
+    const shownText = ok(await world.osr(['item', 'show', 'db']));
+    assert.match(shownText, /^test machine:\s+db-test/m);
+    assert.ok(shownText.includes(`disk0 ${testDisks[0]?.nbdUri ?? '?'}`), shownText);
     await waited(['test-cleanup', 'db', '--notes', 'prefix intact']);
     assert.equal((await show()).testFailoverState, 'None');
 

@@ -1,6 +1,7 @@
 /**
  * Plays a site agent over the agent protocol for the CLI tests (the real agent is
- * another issue): answers every command as Succeeded (a `replica.point` with a point)
+ * another issue): answers every command as Succeeded (a `replica.point` with a point, a
+ * `replica.expose` with each disk's NBD address, a `machine.snapshots` with none)
  * and reports, for each item it is the target of, initial replication done and one
  * recovery point — enough for Enable protection and Reprotect jobs to complete.
  */
@@ -9,6 +10,21 @@ import type { CliWorld } from './harness.js';
 interface Command {
   id: string;
   type: string;
+  payload: unknown;
+}
+
+/** What a real recovery agent answers to `replica.expose`: each disk with its export's NBD address. */
+function exposed(payload: unknown): unknown {
+  const p = payload as { itemId: string; purpose: string; disks?: { id: string; sizeBytes: number }[] };
+  return {
+    purpose: p.purpose,
+    disks: (p.disks ?? []).map((d) => ({
+      id: d.id,
+      sizeBytes: d.sizeBytes,
+      exportName: `${p.itemId}-${p.purpose}-${d.id}`,
+      nbdUri: `nbd://127.0.0.1:10809/${p.itemId}-${p.purpose}-${d.id}`,
+    })),
+  };
 }
 
 interface ItemRow {
@@ -48,7 +64,11 @@ export class FakeAgent {
         const result =
           c.type === 'replica.point'
             ? { sequence: 2, time: new Date().toISOString(), type: 'crash-consistent' }
-            : {};
+            : c.type === 'replica.expose'
+              ? exposed(c.payload)
+              : c.type === 'machine.snapshots'
+                ? { machine: (c.payload as { name: string }).name, snapshots: [] }
+                : {};
         await this.world.api(
           'POST',
           `/agent/commands/${c.id}/result`,

@@ -45,6 +45,8 @@ export interface Env {
   held: AgentCommand[];
   /** Replaced by tests to script failures. */
   script: Script;
+  /** Snapshots the agents report for a machine (`machine.snapshots`), by `site/machine` (e.g. `primary/web`). */
+  snapshots: Map<string, string[]>;
   /** Starts a scripted agent for an agent row; returns its stop function. */
   startAgent(agent: Agent): () => Promise<void>;
   /** Stops the scripted loop of an agent started by `registerAgent`. */
@@ -106,7 +108,7 @@ interface ItemPayload {
 }
 
 /** The result a well-behaved agent gives for a command (see docs/agent-protocol.md). */
-function resultOf(c: AgentCommand, sequences: Map<string, number>): unknown {
+function resultOf(c: AgentCommand, sequences: Map<string, number>, env: Env): unknown {
   const p = (c.payload ?? {}) as ItemPayload & Record<string, unknown>;
   const exposed = (sequence: number) => ({
     purpose: p.purpose,
@@ -131,6 +133,11 @@ function resultOf(c: AgentCommand, sequences: Map<string, number>): unknown {
       return { sequence: sequences.get(p.itemId) ?? 0, disks: [] };
     case 'replication.drain':
       return { lastSequence: 150 };
+    case 'machine.snapshots': {
+      const name = p['name'] as string;
+      const site = env.siteOf.get(c.agentId) ?? 'other';
+      return { machine: name, snapshots: env.snapshots.get(`${site}/${name}`) ?? [] };
+    }
     case 'replication.reverse':
       return { mode: (p['target'] as { location: string }).location === 'original' ? 'delta' : 'full' };
     case 'machine.create':
@@ -255,6 +262,7 @@ export async function setup(options: SetupOptions = {}): Promise<Env> {
     seen: [],
     held: [],
     script: () => undefined,
+    snapshots: new Map(),
     startAgent(agent) {
       let stopped = false;
       const loop = async (): Promise<void> => {
@@ -296,7 +304,7 @@ export async function setup(options: SetupOptions = {}): Promise<Env> {
               const gone = await store.machines.find(agent.siteId, (c.payload as { name: string }).name);
               if (gone !== undefined) await store.machines.delete(gone.id);
             }
-            await store.commands.complete(c.id, 'Succeeded', resultOf(c, sequences), null, t);
+            await store.commands.complete(c.id, 'Succeeded', resultOf(c, sequences, env), null, t);
             if (c.type === 'replication.start' || c.type === 'replication.reverse') {
               const payload = c.payload as { itemId: string; resume?: boolean };
               if (payload.resume === true) continue;

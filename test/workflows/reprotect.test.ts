@@ -2,7 +2,7 @@
  * Reprotect and failback over a real store and jobs engine with scripted agents: the
  * preview, original and alternate location, the "agent not registered" refusal that
  * succeeds once the agent registers, the failed-over machine that is not running
- * (78093), failback as a failover of the reversed item with its commit deleting the
+ * (78093), snapshots of the original machine on its host (R-RP-9), failback as a failover of the reversed item with its commit deleting the
  * recovery machine (R-RP-4), and every failback refusal of R-RP-6/7 with its code.
  */
 import { describe, it } from 'node:test';
@@ -82,9 +82,11 @@ for (const dialect of dialects()) {
         );
         assert.deepEqual(sent(env), [
           'recovery:machine.check',
+          'primary:machine.snapshots',
           'primary:replica.prepare',
           'recovery:replication.reverse',
         ]);
+        assert.deepEqual(payloadOf(env, 'machine.snapshots'), { name: 'web' });
         const prepare = payloadOf(env, 'replica.prepare');
         assert.deepEqual(prepare['target'], { location: 'original', machine: 'web' });
         assert.equal(prepare['replicaExists'], true, 'original location: block-hash delta, no full copy');
@@ -148,6 +150,43 @@ for (const dialect of dialects()) {
         assert.equal(item.protectionState, 'FailoverCommitted');
         env.script = () => undefined;
         assert.equal((await run(env, 'ReverseReplicate')).state, 'Succeeded');
+      } finally {
+        await env.stop();
+      }
+    });
+
+    it('reprotect is refused with MACHINE_HAS_SNAPSHOTS while the original machine has snapshots on its host (R-RP-9)', async () => {
+      const env = await world();
+      try {
+        await committed(env);
+        env.snapshots.set('primary/web', ['before-upgrade', 'nightly']);
+        // Snapshots of a machine at the recovery site of the same name do not count: only the target host's.
+        env.snapshots.set('recovery/web', ['elsewhere']);
+        const job = await run(env, 'ReverseReplicate');
+        assert.equal(job.state, 'Failed');
+        assert.equal(job.error?.code, 'MACHINE_HAS_SNAPSHOTS');
+        assert.match(job.error?.message ?? '', /before-upgrade, nightly/);
+        assert.match(job.error?.recommendedAction ?? '', /snapshots/);
+        assert.equal(job.steps[0]?.state, 'Failed');
+        assert.equal(job.steps[0]?.error?.code, 'MACHINE_HAS_SNAPSHOTS');
+        assert.deepEqual(sent(env), ['recovery:machine.check', 'primary:machine.snapshots']);
+        const item = await env.store.items.get(env.vaultId, 'web');
+        assert.equal(item.protectionState, 'FailoverCommitted');
+        assert.equal(item.reversed, false);
+        assert.equal(item.currentJobId, null);
+        assert.ok(
+          (await env.workflows.describeItem(env.vaultId, 'web')).allowedOperations.includes(
+            'ReverseReplicate',
+          ),
+        );
+
+        // Once the snapshots are deleted the retry goes through.
+        env.snapshots.delete('primary/web');
+        env.seen.length = 0;
+        const retry = await run(env, 'ReverseReplicate');
+        assert.equal(retry.state, 'Succeeded', JSON.stringify(retry.error));
+        assert.deepEqual((retry.steps[0]?.output as { snapshots: string[] }).snapshots, []);
+        assert.equal((await env.store.items.get(env.vaultId, 'web')).reversed, true);
       } finally {
         await env.stop();
       }
