@@ -174,8 +174,11 @@ async function targetSpec(
 
 /**
  * A machine an earlier, failed failover of this item created at the target (a retry
- * reuses it rather than failing on its name, 78052): made by failover and not the
- * machine of any other item.
+ * reuses it rather than failing on its name, 78052): made by failover, not the machine
+ * of any other item, and made by this item — its last failover's machine, or one an
+ * earlier failover job of the item had `machine.create` make. Any other machine of that
+ * name (another item's failed-over machine left after its protection was disabled, one
+ * an operator made) is not taken over: the create meets it as 78052.
  */
 async function leftByEarlierAttempt(
   deps: WorkflowDeps,
@@ -185,7 +188,25 @@ async function leftByEarlierAttempt(
   const m = await deps.store.machines.find(item.targetSiteId, name);
   if (m === undefined || m.origin !== 'failover') return undefined;
   const owner = await deps.store.items.findByMachine(m.id);
-  return owner === undefined || owner.id === item.id ? m : undefined;
+  if (owner !== undefined && owner.id !== item.id) return undefined;
+  if (item.lastFailover?.targetMachineId === m.id) return m;
+  return (await createdByFailoverOf(deps, item, m)) ? m : undefined;
+}
+
+/** Whether a planned or unplanned failover job of the item made machine `m` (its `machine.create` succeeded). */
+async function createdByFailoverOf(deps: WorkflowDeps, item: ProtectedItem, m: Machine): Promise<boolean> {
+  for (const type of [PLANNED_FAILOVER, UNPLANNED_FAILOVER]) {
+    const jobs = await deps.store.jobs.list({ targetId: item.id, type, limit: 1000 });
+    for (const job of jobs.items) {
+      const step = job.steps.find((st) => st.name === STEP.create);
+      if (step === undefined || step.state === 'NotStarted') continue;
+      // The step's command id, as `command()` derives it from the step's effect key.
+      const cmd = await deps.store.commands.find(uuidFromKey(`${job.id}:${step.index}`));
+      const payload = cmd?.payload as { name?: unknown } | undefined;
+      if (cmd?.type === 'machine.create' && cmd.state === 'Succeeded' && payload?.name === m.name) return true;
+    }
+  }
+  return false;
 }
 
 /**

@@ -467,6 +467,44 @@ for (const dialect of dialects()) {
       }
     });
 
+    it('a failover machine of that name this item did not make is not taken over: the create meets it as 78052', async () => {
+      const env = await setup({ dialect });
+      try {
+        await protectWeb(env);
+        // Another item's failed-over machine, left at the recovery site after its protection was disabled.
+        const source = await env.store.machines.find(env.primarySiteId, 'web');
+        assert.ok(source);
+        const { id: _id, ...rest } = source;
+        await env.store.machines.upsert({
+          ...rest,
+          siteId: env.recoverySiteId,
+          containerId: null,
+          origin: 'failover',
+          powerState: 'Stopped',
+          disks: source.disks.map((d) => ({ ...d, nbdUri: null })),
+        });
+        env.script = (c) =>
+          c.type === 'machine.create' && (c.payload as { reuseExisting?: boolean }).reuseExisting !== true
+            ? {
+                code: 'MACHINE_NAME_CONFLICT',
+                message: "a machine named 'web' already exists",
+                seedCode: 78052,
+              }
+            : undefined;
+        const failed = await run(env, 'UnplannedFailover');
+        assert.equal(
+          payloadOf(env, 'machine.create')['reuseExisting'],
+          false,
+          'it is not re-pointed at the replica',
+        );
+        assert.equal(failed.state, 'Failed');
+        assert.equal(failed.error?.seedCode, 78052);
+        assert.equal(failed.error?.code, 'MACHINE_NAME_CONFLICT');
+      } finally {
+        await env.stop();
+      }
+    });
+
     it('unplanned failover refusals: not Protected, no point, app-consistent missing', async () => {
       const env = await setup({ dialect });
       try {
