@@ -402,7 +402,7 @@ async function main(): Promise<void> {
 
     // A failback whose machine does not come up (e.g. a broken ledger on the primary disk) is reported, not fatal.
     const settled = await Promise.allSettled(
-      benches.map((b) => timedStart(w, b, 'planned-failover', {}, s.primaryData, 30_000)),
+      benches.map((b) => timedStart(w, b, 'planned-failover', {}, s.primaryData, 90_000)),
     );
     const back = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     const failed = settled.flatMap((r, i) =>
