@@ -265,14 +265,16 @@ for (const dialect of dialects()) {
         const ended = await jobEnded(env.store, job.id);
         assert.equal(ended.state, 'Cancelled');
         assert.equal(ended.steps.find((s) => s.name === 'Start the test machine')?.state, 'Cancelled');
-        const item = await waitUntil('the item to be released', async () => {
-          const i = await env.store.items.get(env.vaultId, 'web');
-          return i.currentJobId === null ? i : undefined;
+        const itemId = ended.targetId;
+        const cleanup = await waitUntil('the cleanup job', async () => {
+          const page = await env.store.jobs.list({ targetId: itemId, type: 'TestFailoverCleanup' });
+          return page.items[0];
         });
+        assert.equal((await jobEnded(env.store, cleanup.id)).state, 'Succeeded');
+        assert.equal((await env.store.jobs.list({ targetId: itemId, type: 'TestFailoverCleanup' })).total, 1);
+        const item = await env.store.items.get(env.vaultId, 'web');
         assert.equal(item.testFailoverState, 'None');
-        const cleanup = (await env.store.jobs.list({ targetId: item.id, type: 'TestFailoverCleanup' })).items;
-        assert.equal(cleanup.length, 1);
-        assert.equal(cleanup[0]?.state, 'Succeeded');
+        assert.equal(item.currentJobId, null);
         assert.deepEqual(sent(env), [
           'recovery:machine.powerOff',
           'recovery:machine.delete',
