@@ -186,7 +186,10 @@ void test(
         'Succeeded',
       ]);
       await waitJob(w, await operate(w, itemId, 'commit', {}), ['Succeeded']);
-      const before = (await ledgerStatusOf(s.recoveryData, 'web-dr')).count;
+      // The ledger's status port may not be listening yet right after the commit.
+      const before = (
+        await waitUntil('the failed-over ledger', () => ledgerStatusOf(s.recoveryData, 'web-dr'))
+      ).count;
       await waitUntil(
         'the failed-over machine to append',
         async () => (await ledgerStatusOf(s.recoveryData, 'web-dr')).count > before + 5,
