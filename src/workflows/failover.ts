@@ -26,6 +26,7 @@ import {
   isAbsent,
   normalizeExposure,
   recordCreatedMachine,
+  refuseSnapshots,
   resolvePoint,
   setPower,
   updateHeld,
@@ -203,7 +204,8 @@ async function createdByFailoverOf(deps: WorkflowDeps, item: ProtectedItem, m: M
       // The step's command id, as `command()` derives it from the step's effect key.
       const cmd = await deps.store.commands.find(uuidFromKey(`${job.id}:${step.index}`));
       const payload = cmd?.payload as { name?: unknown } | undefined;
-      if (cmd?.type === 'machine.create' && cmd.state === 'Succeeded' && payload?.name === m.name) return true;
+      if (cmd?.type === 'machine.create' && cmd.state === 'Succeeded' && payload?.name === m.name)
+        return true;
     }
   }
   return false;
@@ -549,6 +551,11 @@ function failoverSteps(deps: WorkflowDeps, planned: boolean): StepDefinition<Fai
         const sourceAgent = planned
           ? await deps.commands.agentFor(source)
           : await deps.commands.agentFor(source).catch(() => undefined);
+        // R-RP-9: a failback brings the original machine up again; it must have no snapshots there.
+        const back = await failbackMachine(deps, item);
+        if (back !== undefined && back.siteId === target.id) {
+          await refuseSnapshots(deps, ctx, target, back.name, 'failback');
+        }
         return {
           targetAgentId: targetAgent.id,
           sourceAgentId: sourceAgent?.id ?? null,

@@ -83,6 +83,48 @@ export async function command<T>(
   return (await deps.commands.run(agent, id, type, payload, ctx.signal)) as T;
 }
 
+/**
+ * R-RP-9: asks the agent of `site` for the snapshots of `machine` on its host and refuses with
+ * MACHINE_HAS_SNAPSHOTS when there are any (reprotect to the original machine, failback to it).
+ * Resolves with the (empty) list.
+ */
+export async function refuseSnapshots(
+  deps: WorkflowDeps,
+  ctx: StepContext<unknown>,
+  site: { id: string; name: string },
+  machine: string,
+  operation: string,
+  host?: string,
+): Promise<string[]> {
+  const answer = await command<unknown>(
+    deps,
+    ctx,
+    site.id,
+    'machine.snapshots',
+    { name: machine },
+    'snapshots',
+  );
+  const list = (answer as { snapshots?: unknown } | null)?.snapshots;
+  if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) {
+    throw new OsrError(
+      'INTERNAL',
+      `the agent's machine.snapshots answer for '${machine}' has no snapshot list`,
+      {
+        details: { machine, answer },
+      },
+    );
+  }
+  if (list.length > 0) {
+    const where = host === undefined ? `at site '${site.name}'` : `on host '${host}' at site '${site.name}'`;
+    throw new OsrError(
+      'MACHINE_HAS_SNAPSHOTS',
+      `machine '${machine}' has ${list.length} snapshot(s) ${where} (${list.join(', ')}); ${operation} needs none`,
+      { details: { site: site.name, ...(host === undefined ? {} : { host }), machine, snapshots: list } },
+    );
+  }
+  return list;
+}
+
 /** True for errors that mean "that thing is not there" (an idempotent undo may ignore them). */
 export function isAbsent(err: unknown): boolean {
   return err instanceof OsrError && err.code === 'NOT_FOUND';

@@ -16,7 +16,7 @@ import type { Store } from '../store/store.js';
 import type { ReverseTarget } from './agent-commands.js';
 import type { WorkflowDeps } from './deps.js';
 import { releaseItem } from './item-jobs.js';
-import { command, findMachineById, heldItem, updateHeld } from './item-steps.js';
+import { command, findMachineById, heldItem, refuseSnapshots, updateHeld } from './item-steps.js';
 import { streamAuthFor } from './trust.js';
 
 export const REPROTECT = 'Reprotect';
@@ -137,21 +137,6 @@ export async function planReprotect(
   };
 }
 
-/** The snapshot names of an agent's `machine.snapshots` answer; INTERNAL when it is not one. */
-function snapshotsOf(answer: unknown, machine: string): string[] {
-  const list = (answer as { snapshots?: unknown } | null)?.snapshots;
-  if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) {
-    throw new OsrError(
-      'INTERNAL',
-      `the agent's machine.snapshots answer for '${machine}' has no snapshot list`,
-      {
-        details: { machine, answer },
-      },
-    );
-  }
-  return list;
-}
-
 /** The agent of `siteId` as the peer a replica pins. */
 async function peerOf(
   deps: WorkflowDeps,
@@ -191,25 +176,10 @@ export function reprotectJob(deps: WorkflowDeps): JobDefinition<ReprotectInput> 
           const failedOver = await failedOverMachine(deps.store, item);
           const check = await command(deps, ctx, newSource.id, 'machine.check', { name: failedOver.name });
           // R-RP-9: the machine protected back must have no snapshots on its host (an alternate location is a new machine).
-          let snapshots: string[] = [];
-          if (plan.location === 'original') {
-            const state = await command<unknown>(
-              deps,
-              ctx,
-              newTarget.id,
-              'machine.snapshots',
-              { name: plan.machine },
-              'snapshots',
-            );
-            snapshots = snapshotsOf(state, plan.machine);
-            if (snapshots.length > 0) {
-              throw new OsrError(
-                'MACHINE_HAS_SNAPSHOTS',
-                `machine '${plan.machine}' has ${snapshots.length} snapshot(s) on host '${plan.host}' at site '${newTarget.name}' (${snapshots.join(', ')}); reprotect needs none`,
-                { details: { site: newTarget.name, host: plan.host, machine: plan.machine, snapshots } },
-              );
-            }
-          }
+          const snapshots =
+            plan.location === 'original'
+              ? await refuseSnapshots(deps, ctx, newTarget, plan.machine, 'reprotect', plan.host)
+              : [];
           return { plan, primaryAgentId: targetAgent.id, machineCheck: check, snapshots };
         },
       },

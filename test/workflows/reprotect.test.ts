@@ -295,9 +295,28 @@ for (const dialect of dialects()) {
           env.workflows.operate(env.vaultId, 'web', 'UnplannedFailover', { point: 'latest' }),
           rejectsWith('VALIDATION_FAILED'),
         );
+        // R-RP-9: not while the original machine has snapshots on its host.
+        env.snapshots.set('primary/web', ['before-failback']);
+        const refused = await run(env, 'PlannedFailover');
+        assert.equal(refused.state, 'Failed');
+        assert.equal(refused.error?.code, 'MACHINE_HAS_SNAPSHOTS');
+        assert.match(refused.error?.message ?? '', /before-failback.*failback needs none/);
+        assert.equal(
+          refused.steps[0]?.state,
+          'Failed',
+          'refused by the prerequisites check, before any change',
+        );
+        await waitUntil('the item to be free again', async () => {
+          const i = await env.store.items.get(env.vaultId, 'web');
+          return i.currentJobId === null ? true : undefined;
+        });
+        assert.equal((await env.workflows.describeItem(env.vaultId, 'web')).protectionState, 'Protected');
+        env.snapshots.delete('primary/web');
+        env.seen.length = 0;
         const job = await run(env, 'PlannedFailover');
         assert.equal(job.state, 'Succeeded', JSON.stringify(job.error));
         assert.deepEqual(sent(env), [
+          'primary:machine.snapshots',
           'recovery:machine.shutdown',
           'recovery:replication.drain',
           'primary:replica.point',
