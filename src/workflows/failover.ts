@@ -203,7 +203,8 @@ async function createdByFailoverOf(deps: WorkflowDeps, item: ProtectedItem, m: M
       // The step's command id, as `command()` derives it from the step's effect key.
       const cmd = await deps.store.commands.find(uuidFromKey(`${job.id}:${step.index}`));
       const payload = cmd?.payload as { name?: unknown } | undefined;
-      if (cmd?.type === 'machine.create' && cmd.state === 'Succeeded' && payload?.name === m.name) return true;
+      if (cmd?.type === 'machine.create' && cmd.state === 'Succeeded' && payload?.name === m.name)
+        return true;
     }
   }
   return false;
