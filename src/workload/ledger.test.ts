@@ -140,6 +140,36 @@ void test('the ledger appends over NBD, serves its status, freezes (finishing th
   assert.equal(final.ok, true);
 });
 
+void test('a ledger started while its disk is not served yet (its agent restarting) waits for it; an unknown export fails at once', async () => {
+  const file = image('late.img');
+  const first = await serve(file, 'late');
+  const port = Number(new URL(first.uri).port);
+  await first.close();
+  const starting = Ledger.start({ disk: first.uri, rate: 100 });
+  await new Promise((r) => setTimeout(r, 400));
+  const backend = await FileBackend.open(file);
+  const server = new NbdServer({ exports: [{ name: 'late', backend }] });
+  await server.listen({ host: '127.0.0.1', port });
+  try {
+    const ledger = await starting;
+    try {
+      const deadline = Date.now() + 10_000;
+      while (ledger.status().count < 5) {
+        assert.ok(Date.now() < deadline, 'the ledger never appended');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    } finally {
+      await ledger.stop();
+    }
+    const began = Date.now();
+    await assert.rejects(Ledger.start({ disk: `nbd://127.0.0.1:${port}/nothing` }));
+    assert.ok(Date.now() - began < 2000, 'no retries for an export the server refuses');
+  } finally {
+    await server.close();
+    await backend.close();
+  }
+});
+
 function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolvePromise) => {
     execFile(process.execPath, [BIN, ...args], { timeout: 30_000 }, (err, stdout, stderr) =>

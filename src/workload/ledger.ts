@@ -9,6 +9,7 @@
 import * as http from 'node:http';
 import { open } from 'node:fs/promises';
 import { NbdClient } from '../dataplane/nbd/client.js';
+import { NbdOptionError, NbdProtocolError } from '../dataplane/nbd/errors.js';
 import { RECORD_SIZE, checkLedger, encodeRecord } from './ledger-format.js';
 import type { LedgerCheck, LedgerRecord, ReadableDisk } from './ledger-format.js';
 
@@ -174,13 +175,8 @@ export class Ledger {
    */
   static async start(o: LedgerOptions): Promise<Ledger> {
     const addr = parseNbdUri(o.disk);
-    const client = await NbdClient.connect({ host: addr.host, port: addr.port, exportName: addr.exportName });
+    const { client, check } = await Ledger.#connectAndCheck(o, addr);
     try {
-      const disk: ReadableDisk = {
-        size: client.size,
-        read: (off, len) => client.read(off, len),
-      };
-      const check = await checkLedger(disk);
       let repaired = false;
       if (!check.ok) {
         const where = check.problem?.reason ?? 'unknown problem';
@@ -206,6 +202,45 @@ export class Ledger {
     } catch (err) {
       client.destroy();
       throw err;
+    }
+  }
+
+  /**
+   * Connects and checks the disk, retrying (with backoff, up to the reconnect timeout) while the disk cannot be
+   * reached or the connection drops during the check (a refused export fails at once): a machine that boots while its agent restarts waits for its disk, as it
+   * would after it started.
+   */
+  static async #connectAndCheck(
+    o: LedgerOptions,
+    addr: NbdAddress,
+  ): Promise<{ client: NbdClient; check: LedgerCheck }> {
+    const deadline = Date.now() + (o.reconnectTimeoutMs ?? 120_000);
+    let delay = 100;
+    for (;;) {
+      let client: NbdClient | undefined;
+      try {
+        client = await NbdClient.connect({
+          host: addr.host,
+          port: addr.port,
+          exportName: addr.exportName,
+          timeoutMs: 5000,
+        });
+        const c = client;
+        const check = await checkLedger({ size: c.size, read: (off, len) => c.read(off, len) });
+        return { client, check };
+      } catch (err) {
+        client?.destroy();
+        // A server that refuses the export or does not speak NBD will not change its mind.
+        if (err instanceof NbdOptionError || err instanceof NbdProtocolError) throw err;
+        if (Date.now() > deadline) {
+          throw new LedgerError('LEDGER_DISK', `cannot reach the disk ${o.disk}: ${(err as Error).message}`, {
+            cause: err,
+          });
+        }
+        o.log?.(`ledger: the disk cannot be read (${(err as Error).message}); retrying`);
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 2000);
     }
   }
 

@@ -877,7 +877,8 @@ export class LocalFabric implements FabricDriver {
         images.push({ image, source: spec.disks[i]?.sourceFile, sizeBytes: d.sizeBytes });
       }
       // Durable before anything is made, so a redelivery after a crash from here on knows the leftovers as its own.
-      if (spec.requestId !== undefined && !again) await this.#state.update(spec.name, { createdBy: spec.requestId });
+      if (spec.requestId !== undefined && !again)
+        await this.#state.update(spec.name, { createdBy: spec.requestId });
       const removeImages = async (): Promise<void> => {
         for (const { image } of images) {
           await rm(image, { force: true });
