@@ -131,3 +131,53 @@ test('a streamed copy into a replica store: no point inside it, a failing read i
     t.remove();
   }
 });
+
+test('the sender reads ahead: several streamed blocks are read at once, and the replica still ends exact', async () => {
+  const t = tempDir('osr-copy-ahead-');
+  const id = { source: makeIdentity(t.dir, 'source'), recovery: makeIdentity(t.dir, 'recovery') };
+  try {
+    for (const readAhead of [1, 4]) {
+      const p = await startPipeline({
+        dir: join(t.dir, `pipe-${readAhead}`),
+        disks: [{ id: 'os', sizeBytes: 12 * MiB }],
+        ...id,
+        sender: { batchBytes: MiB, readAhead },
+      });
+      try {
+        const rnd = mulberry32(6);
+        const image = p.images.get('os')!;
+        for (let b = 0; b < 12; b++) await image.write(b * MiB, randomBytes(rnd, MiB));
+        // A slow disk: every read takes 20 ms, so reads issued together are seen together.
+        const disk = p.disks.get('os')!;
+        const slow = Object.create(disk) as typeof disk;
+        let reading = 0;
+        let most = 0;
+        slow.readApplied = async (o, l) => {
+          most = Math.max(most, ++reading);
+          await new Promise((r) => setTimeout(r, 20));
+          try {
+            return await disk.readApplied(o, l);
+          } finally {
+            reading--;
+          }
+        };
+        const result = await runInitialCopy({
+          journal: p.journal,
+          disks: [{ id: 'os', backend: slow }],
+          waitForAck: (seq) => p.sender.waitForAck(seq),
+        });
+        await p.sender.waitForAck(result.lastSeq);
+        if (readAhead === 1) assert.equal(most, 1, 'without read-ahead one block is read at a time');
+        else assert.ok(most >= 3, `reads overlap with read-ahead 4 (at most ${most} at once)`);
+        assert.ok(
+          (await p.store.openBase('os').read(0, image.size)).equals(await image.read(0, image.size)),
+          'the base equals the source',
+        );
+      } finally {
+        await p.close();
+      }
+    }
+  } finally {
+    t.remove();
+  }
+});

@@ -66,31 +66,36 @@ export async function openImages(dir: string, disks: readonly DiskSpec[]): Promi
   return images;
 }
 
-/** Starts the whole pipeline in this process. */
-export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
+/** The source site of a pipeline: images, journal, journaled backends served over NBD, and the sender. */
+export interface PipelineSource {
+  readonly journal: WriteJournal;
+  readonly images: Map<string, FileBackend>;
+  readonly disks: Map<string, ObservedBackend>;
+  readonly nbd: NbdServer;
+  readonly nbdPort: number;
+  readonly sender: ReplicationSender;
+  /** Stops the NBD server, the sender, the journal and the disks (idempotent). */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the source site: its sender ships to a receiver on 127.0.0.1:`receiverPort` (which may run in another
+ * process) presenting `o.source` and trusting `o.recovery`'s CA.
+ */
+export async function startSource(
+  o: Omit<PipelineOptions, 'receiver' | 'store'>,
+  receiverPort: number,
+): Promise<PipelineSource> {
   const images = await openImages(o.dir, o.disks);
   const journal = WriteJournal.open(join(o.dir, 'journal'), o.disks, o.journal);
   const disks = new Map([...images].map(([id, b]) => [id, journal.attach(id, b)]));
   const nbd = new NbdServer({ exports: [...disks].map(([name, backend]) => ({ name, backend })) });
   const addr = (await nbd.listen({ host: '127.0.0.1', port: 0 })) as AddressInfo;
-  const store = await ReplicaStore.open(join(o.dir, 'replica'), {
-    disks: o.disks,
-    processorIdleMs: 20,
-    ...o.store,
-  });
-  store.startProcessor();
-  const receiver = await ReplicationReceiver.listen({
-    identity: o.recovery,
-    trustedCa: o.source.ca,
-    peerAuthFor: () => ({ mode: 'certificate', identity: 'urn:osr:agent:source' }),
-    sinkFor: (g) => (g === 'g' ? store : undefined),
-    ...o.receiver,
-  });
   const sender = new ReplicationSender({
     journal,
     groupId: 'g',
     host: '127.0.0.1',
-    port: receiver.port,
+    port: receiverPort,
     identity: o.source,
     trustedCa: o.recovery.ca,
     peerAuth: { mode: 'certificate', identity: 'urn:osr:agent:recovery' },
@@ -105,17 +110,45 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     disks,
     nbd,
     nbdPort: addr.port,
-    store,
-    receiver,
     sender,
     close: () =>
       (closing ??= (async () => {
         await nbd.close();
         await sender.stop();
-        await receiver.close();
-        await store.close();
         await journal.close();
         for (const d of disks.values()) await d.close();
+      })()),
+  };
+}
+
+/** Starts the whole pipeline in this process. */
+export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
+  const store = await ReplicaStore.open(join(o.dir, 'replica'), {
+    disks: o.disks,
+    processorIdleMs: 20,
+    ...o.store,
+  });
+  store.startProcessor();
+  const receiver = await ReplicationReceiver.listen({
+    identity: o.recovery,
+    trustedCa: o.source.ca,
+    peerAuthFor: () => ({ mode: 'certificate', identity: 'urn:osr:agent:source' }),
+    sinkFor: (g) => (g === 'g' ? store : undefined),
+    ...o.receiver,
+  });
+  const source = await startSource(o, receiver.port);
+  let closing: Promise<void> | undefined;
+  return {
+    ...source,
+    store,
+    receiver,
+    close: () =>
+      (closing ??= (async () => {
+        await source.nbd.close();
+        await source.sender.stop();
+        await receiver.close();
+        await store.close();
+        await source.close();
       })()),
   };
 }

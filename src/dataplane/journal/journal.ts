@@ -468,11 +468,20 @@ export class WriteJournal {
    * Throws `ResyncRequiredError` when `fromSeq` was already released.
    */
   async read(fromSeq: number, maxBytes: number): Promise<JournalEntry[]> {
+    return this.readRange(fromSeq, maxBytes).entries;
+  }
+
+  /**
+   * `read`, split in two: which records it returns (`lastSeq`, `fromSeq - 1` when the reader is caught up) is
+   * known at once, their bytes come later. A reader can so start the next read before this one's bytes arrived
+   * (the sender's read-ahead). Throws `ResyncRequiredError` at once when `fromSeq` was already released.
+   */
+  readRange(fromSeq: number, maxBytes: number): { lastSeq: number; entries: Promise<JournalEntry[]> } {
     this.assertUsable();
     if (fromSeq < this.firstSeq) {
       throw new ResyncRequiredError(`seq ${fromSeq} was released; the journal starts at ${this.firstSeq}`);
     }
-    if (fromSeq > this.written) return [];
+    if (fromSeq > this.written) return { lastSeq: fromSeq - 1, entries: Promise.resolve([]) };
     const seg = this.segmentOf(fromSeq);
     const lastInSeg = Math.min(seg.firstSeq + seg.positions.length - 1, this.written);
     const start = seg.positions[fromSeq - seg.firstSeq]!;
@@ -488,8 +497,18 @@ export class WriteJournal {
       }
     }
     const end = this.positionAfter(seg, endSeq);
-    const buf = Buffer.allocUnsafe(end - start);
-    const fd = fs.openSync(seg.path, 'r');
+    return { lastSeq: endSeq, entries: this.readRecords(seg.path, start, end - start, fromSeq) };
+  }
+
+  /** Reads and checks the records of `length` bytes at `start` of a segment, the first with seq `fromSeq`. */
+  private async readRecords(
+    path: string,
+    start: number,
+    length: number,
+    fromSeq: number,
+  ): Promise<JournalEntry[]> {
+    const buf = Buffer.allocUnsafe(length);
+    const fd = fs.openSync(path, 'r');
     try {
       await readFully(fd, buf, start);
     } finally {
@@ -506,7 +525,7 @@ export class WriteJournal {
             : p.status === 'bad'
               ? p.reason
               : 'truncated';
-        throw new JournalCorruptError(seg.path, start + at, why);
+        throw new JournalCorruptError(path, start + at, why);
       }
       out.push(p.entry.kind === 'streamed' ? this.readStreamed(p.entry) : Promise.resolve(p.entry));
       at += p.size;

@@ -2,6 +2,7 @@ import * as tls from 'node:tls';
 import { setTimeout as delay } from 'node:timers/promises';
 import { JournalCorruptError, ResyncRequiredError } from '../journal/errors.js';
 import type { WriteJournal } from '../journal/journal.js';
+import type { JournalEntry } from '../journal/record.js';
 import { encodeBatch } from './batch.js';
 import {
   encodeFrame,
@@ -36,6 +37,8 @@ export interface ReplicationSenderOptions {
   readonly compress?: boolean;
   /** Raw bytes of journal records per batch. Default 1 MiB. */
   readonly batchBytes?: number;
+  /** Batches read from the journal ahead of the one being sent (their reads overlap). Default 4. */
+  readonly readAhead?: number;
   /** Raw bytes sent but not yet acknowledged, at most (backpressure). Default 8 MiB. */
   readonly maxInFlightBytes?: number;
   /** Bandwidth limit in force at a moment, Mbit/s, `null` = unlimited (R-POL-9). Default unlimited. */
@@ -397,6 +400,10 @@ export class ReplicationSender {
         ),
       );
       let next = -1;
+      const batchBytes = this.o.batchBytes ?? 1024 * 1024;
+      const readAhead = Math.max(1, this.o.readAhead ?? 4);
+      const reads: Array<{ lastSeq: number; entries: Promise<JournalEntry[]> }> = [];
+      let readFrom = -1;
       const keepaliveMs = this.o.keepaliveMs ?? 5000;
       const peerTimeoutMs = this.o.peerTimeoutMs ?? 20_000;
       const sentHashes = new Set<string>();
@@ -439,6 +446,7 @@ export class ReplicationSender {
             }
             this.onAck(resume);
             next = lost !== null ? journal.firstSeq : resume + 1;
+            readFrom = next;
             this.sent = resume;
             streaming = true;
             this.connects++;
@@ -465,8 +473,20 @@ export class ReplicationSender {
             }
           }
           const max = this.o.maxInFlightBytes ?? 8 * 1024 * 1024;
-          if (this.inFlightBytes < max && next <= journal.writtenSeq && !socket.writableNeedDrain) {
-            const entries = await journal.read(next, this.o.batchBytes ?? 1024 * 1024);
+          // Read-ahead: the next batches' reads (streamed blocks come from the disk) run while this one is
+          // encoded and sent; they count against the in-flight limit like sent batches.
+          while (
+            reads.length < readAhead &&
+            readFrom <= journal.writtenSeq &&
+            this.inFlightBytes + reads.length * batchBytes < max
+          ) {
+            const r = journal.readRange(readFrom, batchBytes);
+            r.entries.catch(() => undefined); // awaited below, or dropped with the connection
+            reads.push(r);
+            readFrom = r.lastSeq + 1;
+          }
+          if (this.inFlightBytes < max && reads.length > 0 && !socket.writableNeedDrain) {
+            const entries = await reads.shift()!.entries;
             if (entries.length > 0) {
               const batch = await encodeBatch(entries, this.o.compress ?? true);
               const frame = encodeFrameParts(FrameType.BATCH, batch.parts, batch.flags);
