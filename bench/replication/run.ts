@@ -252,20 +252,65 @@ interface CopyRun {
   readonly cpuSecs: number;
 }
 
-/** Baseline: `nbdcopy --flush` of the image into `nbdkit file` (a fresh sparse target), after a cache drop. */
-async function nbdcopyOnce(img: string, target: string): Promise<CopyRun> {
+/**
+ * A folder of certificates as nbdkit `--tls-certificates` and libnbd's `tls-certificates` want them: a CA, and a
+ * server certificate for `localhost` that it issued (EC P-256, as our agents' certificates).
+ */
+function nbdTlsFolder(dir: string): string {
+  fs.mkdirSync(dir, { recursive: true });
+  const ssl = (args: string[]): void => void execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+  const key = (file: string): string[] => [
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-keyout',
+    file,
+  ];
+  ssl(['req', '-x509', ...key('ca-key.pem'), '-out', 'ca-cert.pem', '-days', '2', '-subj', '/CN=bench-ca']);
+  ssl(['req', '-new', ...key('server-key.pem'), '-out', 'server.csr', '-subj', '/CN=localhost']);
+  fs.writeFileSync(join(dir, 'server.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
+  ssl([
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca-cert.pem',
+    '-CAkey',
+    'ca-key.pem',
+    '-CAcreateserial',
+    '-out',
+    'server-cert.pem',
+    '-days',
+    '2',
+    '-extfile',
+    'server.ext',
+  ]);
+  return dir;
+}
+
+/**
+ * Baseline: `nbdcopy --flush` of the image into `nbdkit file` (a fresh sparse target), after a cache drop; with
+ * `tlsDir`, over TLS (`nbds://`, `nbdkit --tls=require`), as our link always is.
+ */
+async function nbdcopyOnce(img: string, target: string, tlsDir?: string): Promise<CopyRun> {
   fs.closeSync(fs.openSync(target, 'w'));
   fs.truncateSync(target, copyBytes);
   const port = await freePort();
+  const tlsArgs = tlsDir === undefined ? [] : ['--tls=require', `--tls-certificates=${tlsDir}`];
+  const uri =
+    tlsDir === undefined ? `nbd://127.0.0.1:${port}` : `nbds://localhost:${port}?tls-certificates=${tlsDir}`;
   const nbdkit = spawn(
     'nbdkit',
-    ['-f', '--exit-with-parent', '-p', String(port), '-i', '127.0.0.1', 'file', target],
+    ['-f', '--exit-with-parent', '-p', String(port), '-i', '127.0.0.1', ...tlsArgs, 'file', target],
     { stdio: 'ignore' },
   );
   try {
     for (let i = 0; ; i++) {
       try {
-        await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}`]);
+        await run('nbdinfo', ['--size', uri]);
         break;
       } catch (err) {
         if (i > 100) throw err;
@@ -275,14 +320,7 @@ async function nbdcopyOnce(img: string, target: string): Promise<CopyRun> {
     dropCaches();
     const t0 = performance.now();
     const kit0 = cpuOfPid(nbdkit.pid!);
-    const out = await runFull('/usr/bin/time', [
-      '-f',
-      'CPU %U %S',
-      'nbdcopy',
-      '--flush',
-      img,
-      `nbd://127.0.0.1:${port}`,
-    ]);
+    const out = await runFull('/usr/bin/time', ['-f', 'CPU %U %S', 'nbdcopy', '--flush', img, uri]);
     const secs = (performance.now() - t0) / 1000;
     const m = /CPU ([\d.]+) ([\d.]+)/.exec(out.stderr);
     const cpuSecs = (m ? Number(m[1]) + Number(m[2]) : NaN) + (cpuOfPid(nbdkit.pid!) - kit0);
@@ -372,11 +410,14 @@ async function initialCopy(): Promise<void> {
   fs.ftruncateSync(fd, copyBytes);
   fs.closeSync(fd);
   const reps = Math.max(1, Number(arg('reps', '3')));
+  const tlsDir = nbdTlsFolder(join(dir, 'nbd-tls'));
   const theirs: CopyRun[] = [];
+  const theirsTls: CopyRun[] = [];
   const ours: CopyRun[] = [];
   for (let i = 0; i < reps; i++) {
     theirs.push(await nbdcopyOnce(img, join(dir, 'target.raw')));
     ours.push(await replicateOnce(img, join(dir, `rep${i}`)));
+    theirsTls.push(await nbdcopyOnce(img, join(dir, 'target.raw'), tlsDir));
   }
   fs.rmSync(dir, { recursive: true, force: true });
   const mib = copyBytes / MiB;
@@ -387,6 +428,12 @@ async function initialCopy(): Promise<void> {
   rows.push({
     figure: '(b) nbdcopy → nbdkit file (MiB/s per run)',
     value: rates(theirs, 'secs'),
+    target: '',
+    ok: true,
+  });
+  rows.push({
+    figure: '(b) nbdcopy → nbdkit file over TLS (MiB/s per run)',
+    value: rates(theirsTls, 'secs'),
     target: '',
     ok: true,
   });
@@ -403,8 +450,8 @@ async function initialCopy(): Promise<void> {
     ok: true,
   });
   rows.push({
-    figure: '(b) CPU s per GiB of data (median): ours, both sites / nbdcopy+nbdkit',
-    value: `${cpuPerGiB(ours).toFixed(2)} / ${cpuPerGiB(theirs).toFixed(2)}`,
+    figure: '(b) CPU s per GiB of data (median): ours, both sites / nbdcopy+nbdkit / the same over TLS',
+    value: `${cpuPerGiB(ours).toFixed(2)} / ${cpuPerGiB(theirs).toFixed(2)} / ${cpuPerGiB(theirsTls).toFixed(2)}`,
     target: '',
     ok: true,
   });
@@ -416,6 +463,13 @@ async function initialCopy(): Promise<void> {
     value: `${(mib / ourSecs).toFixed(0)} / ${(mib / theirSecs).toFixed(0)} = ${ratio.toFixed(2)}x`,
     target: '>= 0.7x',
     ok: ratio >= 0.7,
+  });
+  const tlsSecs = median(theirsTls.map((r) => r.secs));
+  rows.push({
+    figure: `(b) median of ${reps}: processed / nbdcopy over TLS (MiB/s), ratio`,
+    value: `${(mib / ourSecs).toFixed(0)} / ${(mib / tlsSecs).toFixed(0)} = ${(tlsSecs / ourSecs).toFixed(2)}x`,
+    target: '',
+    ok: true,
   });
 }
 

@@ -1032,7 +1032,7 @@ export class DataPlaneReplicationService implements ReplicationService {
     const r = g.record;
     while (!signal.aborted) {
       try {
-        if (r.copy.state === 'pending' || r.copy.state === 'copying') await this.#copy(g);
+        if (r.copy.state === 'pending' || r.copy.state === 'copying') await this.#copy(g, sender);
         if (r.copy.state === 'sent') {
           await sender.waitForAck(r.copy.lastSeq ?? 0, signal);
           r.copy = { ...r.copy, state: 'done' };
@@ -1051,7 +1051,7 @@ export class DataPlaneReplicationService implements ReplicationService {
     }
   }
 
-  async #copy(g: SourceGroup): Promise<void> {
+  async #copy(g: SourceGroup, sender: ReplicationSender): Promise<void> {
     const r = g.record;
     const signal = g.stop.signal;
     const ir = r.policy.initialReplication;
@@ -1080,7 +1080,11 @@ export class DataPlaneReplicationService implements ReplicationService {
         journal: g.journal,
         disks: [...backends].map(([id, backend]) => ({ id, backend })),
         ...(ir.mode === 'scheduled' ? { startAt: new Date(ir.startAt) } : {}),
-        ...(seed === undefined ? {} : { offline: seed }),
+        // Online copies stream: each block is read from the disk when the link sends it, never written to the
+        // journal, and the copy ends once the recovery site acknowledged every block.
+        ...(seed === undefined
+          ? { waitForAck: (seq: number) => sender.waitForAck(seq, signal) }
+          : { offline: seed }),
         signal,
         onProgress: (p) => {
           g.copyPercent = p.percent;

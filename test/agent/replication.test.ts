@@ -7,7 +7,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { test } from 'node:test';
@@ -122,6 +122,14 @@ void test(
         ),
         'the bytes written before protection are in the replica',
       );
+      // The copy streamed them: read from the disk as the link sent them, never written into the journal.
+      const journalDir = join(s.primaryData, 'replication', itemId, 'journal');
+      const copied = readRange(s.sourceImage, PREFILL_OFFSET, 4096);
+      const segments = readdirSync(journalDir).filter((f) => statSync(join(journalDir, f)).isFile());
+      assert.ok(segments.length > 0, 'the journal has segment files');
+      for (const f of segments) {
+        assert.ok(!readFileSync(join(journalDir, f)).includes(copied), `${f} holds no copied block`);
+      }
 
       // Recovery points: crash-consistent after the copy, app-consistent through the ledger's freeze/thaw hook.
       const pts = await waitUntil('a crash- and an app-consistent point', async () => {
