@@ -343,8 +343,8 @@ async function replicateOnce(img: string, dir: string): Promise<CopyRun> {
     disks,
     ...identities,
     journal: { segmentBytes: 64 * MiB, capBytes: 2 * GiB },
+    // The sender's defaults (as agents use them) but for the batch size and compression options.
     sender: {
-      maxInFlightBytes: 64 * MiB,
       batchBytes: Number(arg('batch-mib', '1')) * MiB,
       compress: arg('compress', 'on') !== 'off',
     },

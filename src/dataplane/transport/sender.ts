@@ -39,7 +39,7 @@ export interface ReplicationSenderOptions {
   readonly batchBytes?: number;
   /** Batches read from the journal ahead of the one being sent (their reads overlap). Default 4. */
   readonly readAhead?: number;
-  /** Raw bytes sent but not yet acknowledged, at most (backpressure). Default 8 MiB. */
+  /** Raw bytes sent but not yet acknowledged, at most (backpressure). Default 16 MiB. */
   readonly maxInFlightBytes?: number;
   /** Bandwidth limit in force at a moment, Mbit/s, `null` = unlimited (R-POL-9). Default unlimited. */
   readonly bandwidthLimitAt?: (at: Date) => number | null;
@@ -472,14 +472,10 @@ export class ReplicationSender {
               send(FrameType.HASH_REQUEST, r.frame);
             }
           }
-          const max = this.o.maxInFlightBytes ?? 8 * 1024 * 1024;
+          const max = this.o.maxInFlightBytes ?? 16 * 1024 * 1024;
           // Read-ahead: the next batches' reads (streamed blocks come from the disk) run while this one is
-          // encoded and sent; they count against the in-flight limit like sent batches.
-          while (
-            reads.length < readAhead &&
-            readFrom <= journal.writtenSeq &&
-            this.inFlightBytes + reads.length * batchBytes < max
-          ) {
+          // encoded and sent, and while the link waits for acknowledgements.
+          while (reads.length < readAhead && readFrom <= journal.writtenSeq) {
             const r = journal.readRange(readFrom, batchBytes);
             r.entries.catch(() => undefined); // awaited below, or dropped with the connection
             reads.push(r);
