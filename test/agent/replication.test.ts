@@ -285,6 +285,56 @@ void test(
 );
 
 void test(
+  'kill -9 of the source agent, then of the recovery agent, inside a streamed initial copy: Protected after restarts, the replica equals the source',
+  { timeout: 300_000 },
+  async () => {
+    const w = await world();
+    const s = await sites(w);
+    await withLogs(s, async () => {
+      // 6 MiB on the data disk before protection, copied at 4 Mbit/s: the kills land inside the copy.
+      const data = randomBytes(6 * 1024 * 1024);
+      await writeThroughNbd(w, 1024 * 1024, data);
+      const itemId = await protectWeb(w, { bandwidth: { limitMbps: 4 } });
+      const tail = data.subarray(data.length - 64 * 1024);
+      await waitUntil(
+        'the first copied blocks of the data disk at the replica',
+        () =>
+          existsSync(replicaImage(s, itemId)) &&
+          readRange(replicaImage(s, itemId), 1024 * 1024, 64 * 1024).equals(data.subarray(0, 64 * 1024)),
+      );
+      s.primary.child.kill('SIGKILL');
+      await s.primary.exited;
+      assert.ok(
+        !readRange(replicaImage(s, itemId), 7 * 1024 * 1024 - tail.length, tail.length).equals(tail),
+        'the source agent died before the copy ended',
+      );
+      s.primary = await restartAgent(w, s, 'primary');
+
+      // The restarted source copies again from the start; the recovery agent dies while it does.
+      const rewritten = await waitUntil('the copy to start again', async () => {
+        const r = await w.api<ItemView>('GET', `/vaults/default/items/${itemId}`);
+        return r.body.protectionState !== 'Protected' && s.primary.err().includes('replication link up')
+          ? r.body
+          : undefined;
+      });
+      assert.notEqual(rewritten.protectionState, 'Protected');
+      s.recovery.child.kill('SIGKILL');
+      await s.recovery.exited;
+      s.recovery = await restartAgent(w, s, 'recovery');
+
+      const item = await waitProtected(w, itemId, 180_000);
+      assert.equal(item.initialReplicationProgress, 100);
+      await ledger(s, 'freeze');
+      try {
+        await waitReplicaEqual(s, itemId, 120_000);
+      } finally {
+        await ledger(s, 'thaw');
+      }
+    });
+  },
+);
+
+void test(
   'initial replication offline (seed file exported and imported) and at a scheduled time both reach Protected',
   { timeout: 240_000 },
   async () => {
