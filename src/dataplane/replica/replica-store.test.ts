@@ -4,6 +4,7 @@ import { afterEach, describe, test } from 'node:test';
 import type { Change, DiskSpec } from '../changes.js';
 import { ReplicaError } from './errors.js';
 import { ReplicaStore } from './replica-store.js';
+import { readState } from './state-file.js';
 import { ChangeGenerator, DiskModel, tempDir } from './test-support.js';
 
 const DISKS: DiskSpec[] = [
@@ -283,6 +284,47 @@ describe('ReplicaStore', () => {
       await assertPoint(store, model, 'p2');
     } finally {
       await store.close();
+    }
+  });
+
+  test('group commits: a staged batch is acknowledged only once the state file names it, in order, while the next batches stage', async () => {
+    const d = dir();
+    const gen = new ChangeGenerator({ disks: DISKS, seed: 33, markerRate: 0 });
+    const model = new DiskModel(DISKS);
+    const store = await ReplicaStore.open(d, { disks: DISKS });
+    try {
+      const seen: Array<{ seq: number; onDisk: number }> = [];
+      const durables: Array<Promise<void>> = [];
+      for (let i = 0; i < 40; i++) {
+        const batch = gen.next(3);
+        batch.forEach((c) => model.apply(c));
+        const last = batch[batch.length - 1]!.seq;
+        const { durable } = await store.stage(batch);
+        durables.push(
+          durable.then(() => {
+            seen.push({ seq: last, onDisk: readState(`${d}/state.osr`)?.appliedSeq ?? 0 });
+          }),
+        );
+      }
+      await Promise.all(durables);
+      assert.equal(seen.length, 40);
+      for (const [i, s] of seen.entries()) {
+        assert.ok(s.onDisk >= s.seq, `batch up to ${s.seq} acknowledged with the state file at ${s.onDisk}`);
+        if (i > 0) assert.ok(s.seq > seen[i - 1]!.seq, 'acknowledged in order');
+      }
+      assert.equal(store.status().directBatches, 40);
+      assert.ok(new Set(seen.map((s) => s.onDisk)).size < 40, 'commits covered several batches each');
+      for (const spec of DISKS) {
+        assert.ok((await store.openBase(spec.id).read(0, spec.sizeBytes)).equals(model.disks.get(spec.id)!));
+      }
+    } finally {
+      await store.close();
+    }
+    const reopened = await ReplicaStore.open(d, { disks: DISKS });
+    try {
+      assert.equal(reopened.lastReceivedSeq(), 120, 'the last commit is durable');
+    } finally {
+      await reopened.close();
     }
   });
 

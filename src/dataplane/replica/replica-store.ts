@@ -394,35 +394,54 @@ export class ReplicaStore implements ChangeSink {
     return done;
   }
 
+  /**
+   * Group commits, one after another, pipelined: a commit flushes the bases of the batches staged since the one
+   * before (while that one's state is still being written), then writes the state naming its last seq — after
+   * the previous state write, so the state file only ever moves forward — and resolves the waiters it covers.
+   * The state write is not under the processing lock, which staging needs meanwhile: nothing else writes the
+   * state while commits run (whatever does first waits for them, `settleStaged`), and what staging reads of the
+   * state is consistent before and after a commit's assignment.
+   */
   private async runCommits(): Promise<void> {
-    while (this.commitWaiters.length > 0) {
-      const upto = this.stagedSeq;
-      const resyncSeq = this.stagedResyncSeq;
-      const bases = [...this.stagedBases];
-      this.stagedBases.clear();
-      try {
+    let writing: Promise<void> | null = null;
+    let covered = -1;
+    try {
+      while (this.commitWaiters.length > 0) {
+        const upto = this.stagedSeq;
+        if (upto <= covered) {
+          // Every waiter is covered by the state write under way.
+          await writing;
+          writing = null;
+          continue;
+        }
+        const resyncSeq = this.stagedResyncSeq;
+        const bases = [...this.stagedBases];
+        this.stagedBases.clear();
         // The bases first: the state may say a batch is applied only once its bytes are on stable storage.
         for (const b of bases) await b.flush();
-        await this.processLock.run(async () => {
-          const { resyncSeq: _old, ...rest } = this.state;
-          const next: ReplicaState = {
-            ...rest,
-            ...(resyncSeq === undefined ? {} : { resyncSeq }),
-            appliedSeq: upto,
-            undoEnd: this.undo.end(),
-          };
-          await writeStateAsync(path.join(this.dir, STATE_FILE), next);
+        await writing;
+        const { resyncSeq: _old, ...rest } = this.state;
+        const next: ReplicaState = {
+          ...rest,
+          ...(resyncSeq === undefined ? {} : { resyncSeq }),
+          appliedSeq: upto,
+          undoEnd: this.undo.end(),
+        };
+        covered = upto;
+        writing = writeStateAsync(path.join(this.dir, STATE_FILE), next).then(() => {
           this.state = next;
           this.pending.skipTo(upto);
+          let n = 0;
+          while (n < this.commitWaiters.length && this.commitWaiters[n]!.seq <= upto) n++;
+          for (const w of this.commitWaiters.splice(0, n)) w.resolve();
         });
-      } catch (err) {
-        this.commitFailure = err instanceof Error ? err : new Error(String(err));
-        for (const w of this.commitWaiters.splice(0)) w.reject(this.commitFailure);
-        return;
+        // Awaited before the next write or the end; a failure meanwhile must not go unhandled.
+        writing.catch(() => undefined);
       }
-      let n = 0;
-      while (n < this.commitWaiters.length && this.commitWaiters[n]!.seq <= upto) n++;
-      for (const w of this.commitWaiters.splice(0, n)) w.resolve();
+      await writing;
+    } catch (err) {
+      this.commitFailure = err instanceof Error ? err : new Error(String(err));
+      for (const w of this.commitWaiters.splice(0)) w.reject(this.commitFailure);
     }
   }
 
