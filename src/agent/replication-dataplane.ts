@@ -33,6 +33,7 @@ import type { ObservedBackend, WriteObserver } from '../dataplane/nbd/observed-b
 import { ReplicaStore } from '../dataplane/replica/replica-store.js';
 import type { RecoveryPointInfo } from '../dataplane/replica/replica-store.js';
 import { runInitialCopy } from '../dataplane/resync/initial-copy.js';
+import type { CopyPosition } from '../dataplane/resync/initial-copy.js';
 import { OfflineSeedReader, OfflineSeedWriter } from '../dataplane/resync/offline-seed.js';
 import { runResync } from '../dataplane/resync/resync.js';
 import { replicationStatus } from '../dataplane/status.js';
@@ -265,7 +266,13 @@ interface SourceRecord {
   auth?: StreamAuth;
   since: string;
   /** pending → copying → sent (lastSeq journaled) → done (acknowledged by the recovery site). */
-  copy: { state: 'pending' | 'copying' | 'sent' | 'done'; lastSeq: number | null; totalBytes: number };
+  copy: {
+    state: 'pending' | 'copying' | 'sent' | 'done';
+    lastSeq: number | null;
+    totalBytes: number;
+    /** A streamed copy under way: the first block not yet acknowledged, where it goes on after a restart. */
+    resumeAt?: CopyPosition;
+  };
   lastAppPointAt: number | null;
   /** The newest marker journaled (its RPO can be vouched for once acknowledged, also after a restart). */
   lastMarker?: { seq: number; time: number; type: MarkerType } | null;
@@ -286,6 +293,8 @@ interface SourceGroup {
   /** The control plane lookup of the peer in flight, and when the last one started. */
   peerCheck: Promise<void> | undefined;
   peerCheckedAt: number;
+  /** The write of `source.json` under way: writes go one at a time. */
+  saving: Promise<void>;
 }
 
 /** The persisted state of a replica at the recovery site. */
@@ -457,6 +466,7 @@ export class DataPlaneReplicationService implements ReplicationService {
       error: null,
       peerCheck: undefined,
       peerCheckedAt: 0,
+      saving: Promise.resolve(),
     };
   }
 
@@ -1012,7 +1022,11 @@ export class DataPlaneReplicationService implements ReplicationService {
 
   async #save(g: SourceGroup): Promise<void> {
     if (g.stop.signal.aborted) return;
-    await writeJson(join(this.#sourceDir(g.record.itemId), 'source.json'), g.record);
+    const file = join(this.#sourceDir(g.record.itemId), 'source.json');
+    // One at a time (they share the temporary file); each writes the record as it is when its turn comes.
+    const write = g.saving.catch(() => undefined).then(() => writeJson(file, g.record));
+    g.saving = write;
+    await write;
   }
 
   #backends(g: SourceGroup): Map<string, ObservedBackend> {
@@ -1064,8 +1078,18 @@ export class DataPlaneReplicationService implements ReplicationService {
         'offline export was interrupted; exporting again',
       );
     }
-    r.copy = { state: 'copying', lastSeq: null, totalBytes: 0 };
+    // A streamed copy cut short (agent restart) goes on from its first unacknowledged block.
+    const resumeFrom = r.copy.state === 'copying' && ir.mode !== 'offline' ? r.copy.resumeAt : undefined;
+    r.copy = {
+      state: 'copying',
+      lastSeq: null,
+      totalBytes: 0,
+      ...(resumeFrom === undefined ? {} : { resumeAt: resumeFrom }),
+    };
     await this.#save(g);
+    if (resumeFrom !== undefined)
+      this.#log.info({ itemId: r.itemId, ...resumeFrom }, 'initial replication goes on where it stopped');
+    let savedAt = Date.now();
     const backends = this.#backends(g);
     let seed: OfflineSeedWriter | undefined;
     let seedFile: string | undefined;
@@ -1085,9 +1109,18 @@ export class DataPlaneReplicationService implements ReplicationService {
         ...(seed === undefined
           ? { waitForAck: (seq: number) => sender.waitForAck(seq, signal) }
           : { offline: seed }),
+        ...(resumeFrom === undefined ? {} : { resumeFrom }),
         signal,
         onProgress: (p) => {
           g.copyPercent = p.percent;
+          if (p.resumeAt == null) return;
+          r.copy.resumeAt = p.resumeAt;
+          // At most once a second: a restart then copies again at most a second's worth of blocks.
+          if (Date.now() - savedAt < 1000) return;
+          savedAt = Date.now();
+          this.#save(g).catch((err: unknown) =>
+            this.#log.warn({ itemId: r.itemId, err }, 'cannot save the copy position'),
+          );
         },
       });
     } catch (err) {

@@ -285,7 +285,7 @@ void test(
 );
 
 void test(
-  'kill -9 of the source agent, then of the recovery agent, inside a streamed initial copy: Protected after restarts, the replica equals the source',
+  'kill -9 of the source agent, then of the recovery agent, inside a streamed initial copy: it goes on where it stopped, Protected after restarts, the replica equals the source',
   { timeout: 300_000 },
   async () => {
     const w = await world();
@@ -296,11 +296,22 @@ void test(
       await writeThroughNbd(w, 1024 * 1024, data);
       const itemId = await protectWeb(w, { bandwidth: { limitMbps: 4 } });
       const tail = data.subarray(data.length - 64 * 1024);
-      await waitUntil(
-        'the first copied blocks of the data disk at the replica',
-        () =>
-          existsSync(replicaImage(s, itemId)) &&
-          readRange(replicaImage(s, itemId), 1024 * 1024, 64 * 1024).equals(data.subarray(0, 64 * 1024)),
+      // Killed once the agent saved a copy position on the data disk past its first block.
+      const sourceJson = join(s.primaryData, 'replication', itemId, 'source.json');
+      const saved = await waitUntil('a saved copy position on the data disk', () => {
+        if (!existsSync(sourceJson)) return undefined;
+        const at = (
+          JSON.parse(readFileSync(sourceJson, 'utf8')) as {
+            copy: { resumeAt?: { diskId: string; offset: number } };
+          }
+        ).copy.resumeAt;
+        return at?.diskId === 'disk1' && at.offset > 1024 * 1024 ? at : undefined;
+      });
+      assert.ok(
+        readRange(replicaImage(s, itemId), 1024 * 1024, saved.offset - 1024 * 1024).equals(
+          data.subarray(0, saved.offset - 1024 * 1024),
+        ),
+        'every block before the saved position is at the replica',
       );
       s.primary.child.kill('SIGKILL');
       await s.primary.exited;
@@ -310,7 +321,7 @@ void test(
       );
       s.primary = await restartAgent(w, s, 'primary');
 
-      // The restarted source copies again from the start; the recovery agent dies while it does.
+      // The restarted source goes on from the saved position; the recovery agent dies while it does.
       const rewritten = await waitUntil('the copy to start again', async () => {
         const r = await w.api<ItemView>('GET', `/vaults/default/items/${itemId}`);
         return r.body.protectionState !== 'Protected' && s.primary.err().includes('replication link up')
@@ -318,6 +329,7 @@ void test(
           : undefined;
       });
       assert.notEqual(rewritten.protectionState, 'Protected');
+      assert.match(s.primary.err(), /initial replication goes on where it stopped/);
       s.recovery.child.kill('SIGKILL');
       await s.recovery.exited;
       s.recovery = await restartAgent(w, s, 'recovery');

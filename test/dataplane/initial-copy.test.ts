@@ -181,3 +181,79 @@ test('the sender reads ahead: several streamed blocks are read at once, and the 
     t.remove();
   }
 });
+
+test('a streamed copy cut short goes on from its first unacknowledged block: nothing before it is read again, the replica ends exact', async () => {
+  const t = tempDir('osr-copy-resume-');
+  const id = { source: makeIdentity(t.dir, 'source'), recovery: makeIdentity(t.dir, 'recovery') };
+  const p = await startPipeline({
+    dir: join(t.dir, 'pipe'),
+    disks: [
+      { id: 'os', sizeBytes: 6 * MiB },
+      { id: 'data', sizeBytes: 6 * MiB },
+    ],
+    ...id,
+    sender: { batchBytes: MiB },
+  });
+  try {
+    const rnd = mulberry32(7);
+    for (const d of ['os', 'data']) {
+      for (let b = 0; b < 6; b++) await p.images.get(d)!.write(b * MiB, randomBytes(rnd, MiB));
+    }
+    const reads: string[] = [];
+    const disks = ['os', 'data'].map((d) => {
+      const disk = p.disks.get(d)!;
+      const counted = Object.create(disk) as typeof disk;
+      counted.readApplied = (o, l) => {
+        reads.push(`${d}@${o / MiB}`);
+        return disk.readApplied(o, l);
+      };
+      return { id: d, backend: counted };
+    });
+    // The first copy stops after 8 of its 12 blocks were acknowledged.
+    const stop = new AbortController();
+    let resumeAt: { diskId: string; offset: number } | null | undefined;
+    await assert.rejects(
+      runInitialCopy({
+        journal: p.journal,
+        disks,
+        maxJournalBytes: 2 * MiB,
+        waitForAck: (seq) => p.sender.waitForAck(seq),
+        signal: stop.signal,
+        onProgress: (pr) => {
+          resumeAt = pr.resumeAt;
+          if (pr.copiedBytes >= 8 * MiB) stop.abort(new Error('cut short'));
+        },
+      }),
+      /cut short/,
+    );
+    assert.ok(resumeAt, 'the progress names where to go on');
+    assert.equal(resumeAt.diskId, 'data');
+    // Writes go on meanwhile, before and after the position.
+    await p.disks.get('os')!.write(MiB + 512, randomBytes(rnd, 4096));
+    await p.disks.get('data')!.write(5 * MiB, randomBytes(rnd, 8192));
+    reads.length = 0;
+    const progress: number[] = [];
+    const result = await runInitialCopy({
+      journal: p.journal,
+      disks,
+      waitForAck: (seq) => p.sender.waitForAck(seq),
+      resumeFrom: resumeAt,
+      onProgress: (pr) => progress.push(pr.copiedBytes),
+    });
+    await p.sender.waitForAck(result.lastSeq);
+    assert.equal(result.totalBytes, 12 * MiB);
+    assert.ok(progress[0]! > resumeAt.offset + 6 * MiB, 'the blocks before the position count as copied');
+    const again = reads.filter((r) => r.startsWith('os@') || Number(r.slice(5)) < resumeAt!.offset / MiB);
+    assert.deepEqual(again, [], 'no block before the position was read by the second copy');
+    for (const d of ['os', 'data']) {
+      const image = p.images.get(d)!;
+      assert.ok(
+        (await p.store.openBase(d).read(0, image.size)).equals(await image.read(0, image.size)),
+        `the replica of ${d} equals the source`,
+      );
+    }
+  } finally {
+    await p.close();
+    t.remove();
+  }
+});

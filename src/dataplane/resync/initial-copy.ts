@@ -30,6 +30,13 @@ export interface InitialCopyOptions {
    * acknowledged every block. Without it (or offline) every block's bytes go through the journal.
    */
   readonly waitForAck?: (seq: number) => Promise<void>;
+  /**
+   * Streamed copies: go on from this block (a copy cut short, e.g. by an agent restart, from the `resumeAt` of its
+   * last progress). Blocks that end before it are taken as copied — the recovery site acknowledged them, and every
+   * write after them is in the journal's stream — and count as copied in the progress. Ignored without
+   * `waitForAck` and when its disk is not one of `disks`.
+   */
+  readonly resumeFrom?: CopyPosition;
   /** Start at this time instead of now (R-POL-6 "scheduled"). */
   readonly startAt?: Date;
   /**
@@ -42,6 +49,12 @@ export interface InitialCopyOptions {
   readonly onProgress?: (progress: CopyProgress) => void;
 }
 
+/** A block of a copy's plan: its disk and offset. */
+export interface CopyPosition {
+  readonly diskId: string;
+  readonly offset: number;
+}
+
 /** How far a copy is. */
 export interface CopyProgress {
   /** Allocated bytes to copy (holes and known-zero ranges are skipped). */
@@ -49,6 +62,11 @@ export interface CopyProgress {
   readonly copiedBytes: number;
   /** 0–100. */
   readonly percent: number;
+  /**
+   * Streamed copies: the first block the recovery site has not acknowledged (`null` once it has them all) — where
+   * the copy can go on from (`resumeFrom`) if it is cut short.
+   */
+  readonly resumeAt?: CopyPosition | null;
 }
 
 /** What a finished copy did. */
@@ -89,7 +107,11 @@ export async function runInitialCopy(options: InitialCopyOptions): Promise<CopyR
       }
     }
   }
-  if (waitForAck) return streamCopy(options, waitForAck, plan, totalBytes, maxJournal);
+  if (waitForAck) {
+    const from = resumeIndex(plan, options.disks, options.resumeFrom);
+    const skipped = plan.slice(0, from).reduce((n, step) => n + step.length, 0);
+    return streamCopy(options, waitForAck, plan, from, skipped, totalBytes, maxJournal);
+  }
   let copiedBytes = 0;
   let lastSeq = journal.lastSeq;
   const progress = (): CopyProgress => progressOf(totalBytes, copiedBytes);
@@ -154,6 +176,22 @@ export async function runInitialCopy(options: InitialCopyOptions): Promise<CopyR
   return { ...progress(), lastSeq, blocks: plan.length };
 }
 
+/** The index of the first block of `plan` that does not end before `from` (0 without a usable position). */
+function resumeIndex(
+  plan: ReadonlyArray<{ disk: CopyDisk; offset: number; length: number }>,
+  disks: readonly CopyDisk[],
+  from: CopyPosition | undefined,
+): number {
+  const order = from === undefined ? -1 : disks.findIndex((d) => d.id === from.diskId);
+  if (from === undefined || order < 0) return 0;
+  let i = 0;
+  for (; i < plan.length; i++) {
+    const d = disks.indexOf(plan[i]!.disk);
+    if (d > order || (d === order && plan[i]!.offset + plan[i]!.length > from.offset)) break;
+  }
+  return i;
+}
+
 function progressOf(totalBytes: number, copiedBytes: number): CopyProgress {
   return {
     totalBytes,
@@ -171,24 +209,35 @@ async function streamCopy(
   options: InitialCopyOptions,
   waitForAck: (seq: number) => Promise<void>,
   plan: ReadonlyArray<{ disk: CopyDisk; offset: number; length: number }>,
+  from: number,
+  skippedBytes: number,
   totalBytes: number,
   window: number,
 ): Promise<CopyResult> {
   const { journal, signal } = options;
-  let copiedBytes = 0;
-  const unacked: Array<{ seq: number; length: number }> = [];
+  let copiedBytes = skippedBytes;
+  const unacked: Array<{ seq: number; length: number; index: number }> = [];
   let unackedBytes = 0;
+  let next = from;
+  const positionOf = (index: number): CopyPosition | null => {
+    const step = plan[index];
+    return step === undefined ? null : { diskId: step.disk.id, offset: step.offset };
+  };
   const settleOldest = async (): Promise<void> => {
     const head = unacked.shift()!;
     await waitForAck(head.seq);
     unackedBytes -= head.length;
     copiedBytes += head.length;
-    options.onProgress?.(progressOf(totalBytes, copiedBytes));
+    options.onProgress?.({
+      ...progressOf(totalBytes, copiedBytes),
+      resumeAt: positionOf(unacked[0]?.index ?? next),
+    });
   };
   journal.beginStreamedCopy();
   let lastSeq = journal.lastSeq;
   try {
-    for (const step of plan) {
+    for (; next < plan.length;) {
+      const step = plan[next]!;
       signal?.throwIfAborted();
       if (unackedBytes + step.length > window && unacked.length > 0) {
         // Durable before waiting: a source that crashes meanwhile still has the blocks the link is working on.
@@ -196,8 +245,9 @@ async function streamCopy(
         while (unackedBytes + step.length > window && unacked.length > 0) await settleOldest();
       }
       lastSeq = journal.appendStreamed(step.disk.id, step.offset, step.length);
-      unacked.push({ seq: lastSeq, length: step.length });
+      unacked.push({ seq: lastSeq, length: step.length, index: next });
       unackedBytes += step.length;
+      next++;
     }
     await journal.flush();
     while (unacked.length > 0) {
