@@ -33,7 +33,7 @@ import { fileURLToPath } from 'node:url';
 import { runInitialCopy } from '../../src/dataplane/resync/initial-copy.js';
 import { runResync } from '../../src/dataplane/resync/resync.js';
 import { startPipeline, startSource } from '../../test/dataplane/pipeline-support.js';
-import type { Pipeline } from '../../test/dataplane/pipeline-support.js';
+import type { Pipeline, PipelineSource } from '../../test/dataplane/pipeline-support.js';
 import type { DiskSpec } from '../../src/dataplane/changes.js';
 import type { RecoverySiteRequest } from './recovery-site.js';
 import { makeIdentity, mulberry32 } from '../../test/dataplane/source-support.js';
@@ -354,9 +354,10 @@ async function replicateOnce(img: string, dir: string): Promise<CopyRun> {
     arg('recovery-process', 'on') !== 'off'
       ? await RecoverySite.start(join(dir, 'replica'), disks, directApply)
       : undefined;
-  const p = site
-    ? await startSource(sourceOptions, site.port)
-    : await startPipeline({ ...sourceOptions, store: { directApply } });
+  let local: Pipeline | undefined;
+  let p: PipelineSource;
+  if (site) p = await startSource(sourceOptions, site.port);
+  else p = local = await startPipeline({ ...sourceOptions, store: { directApply } });
   try {
     dropCaches();
     const t1 = performance.now();
@@ -373,10 +374,9 @@ async function replicateOnce(img: string, dir: string): Promise<CopyRun> {
       ackSecs = (performance.now() - t1) / 1000;
       if (site) {
         siteCpuSecs = (await site.finish()) - site.cpuSecs;
-      } else {
-        const store = (p as Pipeline).store;
-        await store.process();
-        await store.openBase('os').flush();
+      } else if (local) {
+        await local.store.process();
+        await local.store.openBase('os').flush();
       }
     });
     const secs = (performance.now() - t1) / 1000;

@@ -115,17 +115,24 @@ async function checkFailedOver(w: World, s: Sites, itemId: string, records: numb
   );
 }
 
+/** Both sites with `web` protected; `fn` runs with the agents' output attached to any failure. */
+async function withProtectedWeb(fn: (w: World, s: Sites, itemId: string) => Promise<void>): Promise<void> {
+  const w = await startWorld();
+  worlds.push(w);
+  const s = await startSites(w, AGENT_ARGS);
+  recorders.push(s.recorder);
+  await withOutput({ 'primary agent': s.primary, 'recovery agent': s.recovery }, async () => {
+    const itemId = await protectWeb(w);
+    await waitProtected(w, itemId);
+    await fn(w, s, itemId);
+  });
+}
+
 void test(
   'planned failover succeeds although the recovery agent is killed with SIGKILL while the source drains to it and again while it creates the machine',
   { timeout: 120_000 },
   async () => {
-    const w = await startWorld();
-    worlds.push(w);
-    const s = await startSites(w, AGENT_ARGS);
-    recorders.push(s.recorder);
-    await withOutput({ 'primary agent': s.primary, 'recovery agent': s.recovery }, async () => {
-      const itemId = await protectWeb(w);
-      await waitProtected(w, itemId);
+    await withProtectedWeb(async (w, s, itemId) => {
       await waitUntil('a recovery point', async () => (await pointsOf(w, itemId)).length > 0);
 
       const job = await operate(w, itemId, 'planned-failover', {});
@@ -173,13 +180,7 @@ void test(
   'unplanned failover succeeds although the recovery agent is killed with SIGKILL while it exposes the replica and again while it powers the machine on',
   { timeout: 120_000 },
   async () => {
-    const w = await startWorld();
-    worlds.push(w);
-    const s = await startSites(w, AGENT_ARGS);
-    recorders.push(s.recorder);
-    await withOutput({ 'primary agent': s.primary, 'recovery agent': s.recovery }, async () => {
-      const itemId = await protectWeb(w);
-      await waitProtected(w, itemId);
+    await withProtectedWeb(async (w, s, itemId) => {
       await ledger(s, 'freeze');
       await waitReplicaEqual(s, itemId);
       const frozen = (await ledger(s, 'status')).count ?? 0;

@@ -35,8 +35,8 @@ export interface PipelineOptions {
   readonly startSender?: boolean;
 }
 
-/** A running pipeline. */
-export interface Pipeline {
+/** The source site of a pipeline: images, journal, journaled backends served over NBD, and the sender. */
+export interface PipelineSource {
   readonly journal: WriteJournal;
   /** The raw source images (what the journaled backends write to). */
   readonly images: Map<string, FileBackend>;
@@ -44,9 +44,15 @@ export interface Pipeline {
   readonly disks: Map<string, ObservedBackend>;
   readonly nbd: NbdServer;
   readonly nbdPort: number;
+  readonly sender: ReplicationSender;
+  /** Stops the NBD server, the sender, the journal and the disks (idempotent). */
+  close(): Promise<void>;
+}
+
+/** A running pipeline: the source site and, in this process, the recovery site. */
+export interface Pipeline extends PipelineSource {
   readonly store: ReplicaStore;
   readonly receiver: ReplicationReceiver;
-  readonly sender: ReplicationSender;
   /** Stops everything in dependency order (idempotent). */
   close(): Promise<void>;
 }
@@ -64,18 +70,6 @@ export async function openImages(dir: string, disks: readonly DiskSpec[]): Promi
     images.set(d.id, await FileBackend.open(p, { mapPath: null }));
   }
   return images;
-}
-
-/** The source site of a pipeline: images, journal, journaled backends served over NBD, and the sender. */
-export interface PipelineSource {
-  readonly journal: WriteJournal;
-  readonly images: Map<string, FileBackend>;
-  readonly disks: Map<string, ObservedBackend>;
-  readonly nbd: NbdServer;
-  readonly nbdPort: number;
-  readonly sender: ReplicationSender;
-  /** Stops the NBD server, the sender, the journal and the disks (idempotent). */
-  close(): Promise<void>;
 }
 
 /**
